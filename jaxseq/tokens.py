@@ -55,7 +55,7 @@ def encode(sequence: bytes | str | np.ndarray, record: str | None = None, offset
     """
     if isinstance(sequence, str):
         sequence = sequence.encode("latin-1", errors="replace")
-    raw = np.frombuffer(sequence, dtype=np.uint8) if isinstance(sequence, (bytes, bytearray)) else sequence
+    raw = np.frombuffer(sequence, dtype=np.uint8) if isinstance(sequence, (bytes, bytearray, memoryview)) else sequence
     tokens = BYTE_TO_TOKEN[raw]
     bad = np.flatnonzero(tokens < 0)
     if bad.size:
@@ -68,9 +68,14 @@ def encode(sequence: bytes | str | np.ndarray, record: str | None = None, offset
     return tokens.astype(np.uint8)
 
 
-def soft_mask(sequence: bytes | np.ndarray) -> np.ndarray:
-    """Returns a bool array ``(len(sequence),)``: True where the letter is lowercase (soft-masked)."""
-    raw = np.frombuffer(sequence, dtype=np.uint8) if isinstance(sequence, (bytes, bytearray)) else sequence
+def soft_mask(sequence: bytes | str | np.ndarray) -> np.ndarray:
+    """Returns a bool array ``(len(sequence),)``: True where the letter is lowercase (soft-masked).
+
+    Meant for valid sequence (see :func:`encode`), where every byte ``>= 'a'`` is a lowercase letter.
+    """
+    if isinstance(sequence, str):
+        sequence = sequence.encode("latin-1", errors="replace")
+    raw = np.frombuffer(sequence, dtype=np.uint8) if isinstance(sequence, (bytes, bytearray, memoryview)) else sequence
     return raw >= ord("a")
 
 
@@ -92,3 +97,39 @@ def reverse_complement(tokens: np.ndarray) -> np.ndarray:
 def decode(tokens: np.ndarray) -> str:
     """Tokens ``(length,)`` -> text, MASK shown as ``?``."""
     return _SYMBOL_BYTES[np.asarray(tokens, dtype=np.intp)].tobytes().decode()
+
+
+_SHADES = " .:-=+*#%@"
+
+
+def format_reconstruction(target: np.ndarray, predicted: np.ndarray, confidence: np.ndarray | None = None,
+                          width: int = 100) -> str:
+    """Aligned text of a reconstruction: target line, a line marking mismatches with ``^``, prediction.
+
+    Args:
+      target: tokens ``(length,)``; positions holding N are never counted as mismatches.
+      predicted: tokens ``(length,)``.
+      confidence: optional probabilities ``(length,)`` in [0, 1] of the predicted base, drawn as a
+        fourth line of shading characters from `` `` (0) to ``@`` (1).
+      width: characters per block; longer windows wrap into several blocks.
+
+    Returns:
+      Multi-line text.
+    """
+    target = np.asarray(target)
+    predicted = np.asarray(predicted)
+    marks = np.where((target != predicted) & (target < N), "^", " ")
+    blocks = []
+    for start in range(0, len(target), width):
+        stop = start + width
+        lines = [
+            "target     " + decode(target[start:stop]),
+            "mismatch   " + "".join(marks[start:stop]),
+            "predicted  " + decode(predicted[start:stop]),
+        ]
+        if confidence is not None:
+            levels = np.clip((np.asarray(confidence[start:stop]) * (len(_SHADES) - 1)).round().astype(int),
+                             0, len(_SHADES) - 1)
+            lines.append("confidence " + "".join(_SHADES[i] for i in levels))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
