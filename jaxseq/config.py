@@ -75,17 +75,16 @@ class OptimConfig:
     optimizer: str = "adam"
     learning_rate: float = 3e-3
     momentum: float = 0.9
-    nesterov: bool = False
     weight_decay: float = 1e-4
     b1: float = 0.9
     b2: float = 0.999
-    eps: float = 1e-8
     grad_clip_norm: float = 0.0  # 0: off
     schedule: str = "cosine"
-    warmup_steps: int = 100  # warmup_cosine only
+    warmup_steps: int = 0  # linear warmup from 0 (any schedule)
     end_value: float = 0.0  # cosine / warmup_cosine final learning rate
-    decay_rate: float = 0.5  # exponential
-    transition_steps: int = 1_000  # exponential
+    decay_rate: float = 0.1  # exponential: factor per transition_steps
+    transition_steps: int = 0  # exponential; 0 = num_steps
+    staircase: bool = False  # exponential
     boundaries: list[int] = dataclasses.field(default_factory=list)  # piecewise
     scales: list[float] = dataclasses.field(default_factory=list)  # piecewise
 
@@ -276,7 +275,7 @@ def _check_schedule_value(key: str, spec: Any, upper: float | None) -> None:
         kind = spec.get("schedule", "constant")
         if kind not in HPARAM_SCHEDULES:
             raise ConfigError(f"{key}.schedule: unknown schedule {kind!r}; choose one of {', '.join(HPARAM_SCHEDULES)}")
-        allowed = {"schedule", "value", "end_value", "steps", "boundaries", "values"}
+        allowed = {"schedule", "value", "end_value", "transition_begin", "transition_steps", "boundaries", "values"}
         for name in spec:
             if name not in allowed:
                 raise ConfigError(f"{key}: unknown schedule field {name!r}{_close(name, allowed)}")
@@ -320,6 +319,7 @@ def validate(config: Config) -> None:
                        ("train.eval_max_windows", t.eval_max_windows), ("train.histogram_every", t.histogram_every),
                        ("train.examples", t.examples), ("train.skip_nonfinite", t.skip_nonfinite),
                        ("optim.warmup_steps", o.warmup_steps), ("optim.grad_clip_norm", o.grad_clip_norm),
+                       ("optim.transition_steps", o.transition_steps),
                        ("optim.weight_decay", o.weight_decay), ("data.split_seed", d.split_seed)]:
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
@@ -374,7 +374,7 @@ def validate(config: Config) -> None:
     if o.schedule == "piecewise" and len(o.scales) != len(o.boundaries):
         raise ConfigError(f"optim.scales must have one entry per optim.boundaries entry "
                           f"({len(o.scales)} vs {len(o.boundaries)})")
-    if o.schedule == "warmup_cosine" and o.warmup_steps >= t.num_steps:
+    if o.warmup_steps and o.warmup_steps >= t.num_steps:
         raise ConfigError(f"optim.warmup_steps ({o.warmup_steps}) must be smaller than train.num_steps ({t.num_steps})")
     if t.devices != "all":
         try:

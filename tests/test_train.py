@@ -1,0 +1,118 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxseq import checkpoint, train
+from jaxseq.config import load_config
+
+SMALL = ["model.name=autoencoder", "model.kernel_len=3", "model.latent_len=6", "data.window_len=40",
+         "train.batch_size=8", "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=2",
+         "train.histogram_every=2", "train.steps_per_call=2", "train.examples=1", "train.eval_max_windows=64"]
+
+
+def small_config(tmp_path, *extra):
+    return load_config(None, SMALL + [f"data.cache_dir={tmp_path / 'cache'}", *extra])
+
+
+def params_of(state):
+    return jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+def restore_latest(workdir, config):
+    manager = checkpoint.create_manager(workdir, read_only=True)
+    step = checkpoint.latest_step(manager)
+    state, loader_state, meta = checkpoint.restore(manager, step, train.create_train_state(config))
+    manager.close()
+    return step, state, loader_state, meta
+
+
+def test_two_step_run_writes_checkpoint_logs_and_metrics(tmp_path):
+    config = small_config(tmp_path, "train.num_steps=2")
+    result = train.train_and_evaluate(config, tmp_path / "run")
+    assert result["step"] == 2
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and np.isfinite(result["test_loss"])
+    step, state, loader_state, meta = restore_latest(tmp_path / "run", config)
+    assert step == 2 and int(state.step) == 2
+    assert meta["config"]["train"]["num_steps"] == 2
+    assert loader_state  # the loader's position is saved with the model
+    assert json.loads((tmp_path / "run" / "final_metrics.json").read_text())["step"] == 2
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_resume_with_unchanged_config_matches_exactly(tmp_path):
+    extra = ["model.input_dropout=0.1", "model.latent_noise_std=0.2", "train.num_steps=6"]
+    config = small_config(tmp_path, *extra)
+    train.train_and_evaluate(config, tmp_path / "straight")
+    _, reference, _, _ = restore_latest(tmp_path / "straight", config)
+
+    # Interrupt after the checkpoint at step 2 by deleting later checkpoints of an identical run.
+    train.train_and_evaluate(config, tmp_path / "resumed")
+    manager = checkpoint.create_manager(tmp_path / "resumed")
+    for step in manager.all_steps():
+        if step > 2:
+            manager.delete(step)
+    manager.close()
+    train.train_and_evaluate(config, tmp_path / "resumed", require_checkpoint=True)
+    _, resumed, _, _ = restore_latest(tmp_path / "resumed", config)
+    for a, b in zip(jax.tree.leaves(params_of(reference)), jax.tree.leaves(params_of(resumed))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_same_seed_same_result_other_seed_differs(tmp_path):
+    results = [train.train_and_evaluate(small_config(tmp_path, "train.num_steps=4", f"train.seed={s}"),
+                                        tmp_path / f"run{i}") for i, s in enumerate([0, 0, 1])]
+    assert results[0]["test_loss"] == results[1]["test_loss"]
+    assert results[0]["test_loss"] != results[2]["test_loss"]
+
+
+def test_changing_hyperparameters_never_recompiles(tmp_path):
+    config = small_config(tmp_path, "train.num_steps=100",
+                          "model.latent_noise_std={schedule: linear, value: 0.5, end_value: 0.0}",
+                          "model.input_dropout={schedule: linear, value: 0.2, end_value: 0.0}")
+    state = train.create_train_state(config)
+    fn = jax.jit(lambda s, b, r: train.train_steps(s, b, r, hparam_schedules=train.create_hparam_schedules(config)))
+    batch = {"tokens": jnp.zeros((2, 8, 40), jnp.int8), "weights": jnp.ones((2, 8), jnp.float32)}
+    rng = jax.random.key(0)
+    for _ in range(3):
+        state, metrics = fn(state, batch, rng)
+    assert int(state.step) == 6
+    assert fn._cache_size() == 1
+
+
+def test_nonfinite_step_is_not_applied(tmp_path):
+    config = small_config(tmp_path, "train.num_steps=4", "optim.optimizer=sgd", "optim.schedule=constant")
+    state = train.create_train_state(config)
+    batch = {"tokens": jnp.zeros((8, 40), jnp.int8), "weights": jnp.full((8,), jnp.nan, jnp.float32)}
+    hparams = {"input_dropout": jnp.float32(0), "latent_noise_std": jnp.float32(0)}
+    new_state, metrics = jax.jit(train.train_step)(state, batch, jax.random.key(0), hparams)
+    assert int(new_state.step) == 1
+    assert float(metrics["nonfinite_loss"]) == 1.0 and int(metrics["first_bad_step"]) == 0
+    for a, b in zip(jax.tree.leaves(params_of(state)), jax.tree.leaves(params_of(new_state))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cli_bad_setting_fails_before_compute(tmp_path, capsys):
+    code = train.main(["--workdir", str(tmp_path / "run"), "--set", "train.batch_sise=3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'train.batch_sise'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_resume_without_checkpoint_is_an_error(tmp_path, capsys):
+    code = train.main(["--workdir", str(tmp_path / "empty"), "--resume"])
+    assert code == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_refuses_architecture_change(tmp_path):
+    config = small_config(tmp_path, "train.num_steps=2")
+    train.train_and_evaluate(config, tmp_path / "run")
+    changed = small_config(tmp_path, "train.num_steps=4", "model.latent_len=7")
+    with pytest.raises(Exception, match="model.latent_len: 6 -> 7"):
+        train.train_and_evaluate(changed, tmp_path / "run")
