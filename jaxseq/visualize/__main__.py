@@ -96,7 +96,10 @@ def cmd_errors(args) -> None:
         raise RuntimeError(f"per-base errors need jaxseq.evaluate.per_base_errors, which is not "
                            f"available ({e})") from None
 
-    rates = per_base_errors(args.run_dir, args.fasta)  # dict record -> float array, NaN = unscored
+    # Only the options given are passed on; the evaluator's defaults hold for the rest.
+    options = {k: v for k, v in (("step", args.step), ("stride", args.stride), ("cache_dir", args.cache_dir))
+               if v is not None}
+    rates = per_base_errors(args.run_dir, args.fasta, **options)  # dict record -> float array, NaN = unscored
     rendered = render_error_map(rates, args.out, vmax=args.vmax, label=str(args.run_dir),
                                 max_size=args.max_size)
     bedgraph = Path(args.bedgraph) if args.bedgraph else Path(args.out).with_suffix(".bedgraph")
@@ -155,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fasta", help="genome to evaluate (default: the run's data.fasta)")
     p.add_argument("--bedgraph", help="bedGraph output (default: --out with suffix .bedgraph)")
     p.add_argument("--vmax", type=float, help="error rate at the top of the colour scale (default: max)")
-    common(p, fasta=False)
+    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--stride", type=int, help="distance between scored window starts (default: window_len // 4, "
+                                              "so each base is scored by ~4 windows)")
+    common(p, fasta=True)
     p.set_defaults(func=cmd_errors)
     return parser
 
