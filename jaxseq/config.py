@@ -102,7 +102,7 @@ class TrainConfig:
     max_to_keep: int = 3
     histogram_every: int = 1_000  # 0: off
     examples: int = 3  # reconstruction examples printed at each evaluation
-    devices: str = "all"  # "all" or a number of local devices
+    devices: str | int = "all"  # "all" or a number of local devices
     skip_nonfinite: int = 0  # batches with non-finite loss/gradients that may be skipped
 
 
@@ -378,8 +378,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"optim.warmup_steps ({o.warmup_steps}) must be smaller than train.num_steps ({t.num_steps})")
     if t.devices != "all":
         try:
-            if int(t.devices) <= 0:
+            if isinstance(t.devices, bool) or int(t.devices) <= 0:
                 raise ValueError
+            t.devices = int(t.devices)
         except ValueError:
             raise ConfigError(f"train.devices must be 'all' or a positive integer, got {t.devices!r}") from None
 

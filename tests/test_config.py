@@ -85,3 +85,11 @@ def test_architecture_changes_lists_only_fixed_fields():
                              "train.num_steps=10", "model.latent_noise_std=0.1"])
     changes = config_lib.architecture_changes(old, new)
     assert sorted(c.split(":")[0] for c in changes) == ["data.window_len", "model.latent_len"]
+
+
+def test_devices_all_or_positive_count():
+    assert load_config(None, ["train.devices=4"]).train.devices == 4
+    assert load_config(None, ["train.devices='2'"]).train.devices == 2
+    assert load_config(None, []).train.devices == "all"
+    with pytest.raises(ConfigError, match="train.devices must be 'all' or a positive integer, got 0"):
+        load_config(None, ["train.devices=0"])
