@@ -6,10 +6,24 @@ the batches an uninterrupted one would) and ``meta`` (JSON: the resolved config 
 facts). orbax writes each step into a temporary directory and renames it when complete, so a
 process killed mid-save leaves no step that :func:`latest_step` would return; leftovers are
 removed when the manager is next created.
+
+Failures while saving (disk full, an unwritable or vanished run directory, ...) surface as
+:class:`CheckpointError` naming the step that could not be saved and the reason (``[Errno 28] No
+space left on device``), whether they happen in the call or in orbax's background thread; a failed
+save never touches the checkpoints committed before it. :func:`lock_run_directory` keeps two
+training processes from writing the same run directory.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import logging
+import os
+import re
+import socket
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +65,32 @@ def create_manager(workdir: str | Path, max_to_keep: int = 3, read_only: bool = 
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
+# The step each manager is saving in the background, so an error orbax raises later (at the next
+# save or at wait) names the step that failed rather than the one being started.
+_pending_steps: "weakref.WeakKeyDictionary[ocp.CheckpointManager, int]" = weakref.WeakKeyDictionary()
+
+
+def describe_os_error(err: BaseException) -> str:
+    """A short reason for an I/O failure: ``[Errno 28] No space left on device`` when an errno is known.
+
+    orbax/tensorstore report file-system errors as ``ValueError("RESOURCE_EXHAUSTED: ... [os_error_code='28']")``
+    with a long JSON spec; the errno is dug out of the exception chain or that text.
+    """
+    seen = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            return f"[Errno {e.errno}] {os.strerror(e.errno)}"
+        match = re.search(r"os_error_code='?(\d+)", str(e))
+        if match and int(match.group(1)):
+            code = int(match.group(1))
+            return f"[Errno {code}] {os.strerror(code)}"
+        e = e.__cause__ or e.__context__
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, loader_state: dict, meta: dict) -> None:
     """Starts saving ``state`` at ``step``; the previous save is finished first.
 
@@ -60,21 +100,56 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, loader_state: di
       state: pytree of arrays (the train state).
       loader_state: JSON-serialisable loader state.
       meta: JSON-serialisable facts (config, wall time, ...).
+
+    Raises:
+      CheckpointError: the previous save failed in the background, or this one cannot start
+        (disk full, unwritable directory, ...); checkpoints committed earlier are untouched.
     """
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            loader=ocp.args.JsonSave(loader_state),
-            meta=ocp.args.JsonSave(meta),
-        ),
-        force=True,
-    )
+    wait(manager)
+    _pending_steps[manager] = step
+    try:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                loader=ocp.args.JsonSave(loader_state),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
+    except Exception as err:  # orbax/tensorstore raise ValueError, OSError, RuntimeError for I/O failures
+        _pending_steps.pop(manager, None)
+        raise CheckpointError(f"cannot save checkpoint step {step} in {manager.directory}: "
+                              f"{describe_os_error(err)}") from err
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
-    """Blocks until pending saves are committed to disk (an async save is lost if the process exits first)."""
-    manager.wait_until_finished()
+    """Blocks until pending saves are committed to disk (an async save is lost if the process exits first).
+
+    Raises:
+      CheckpointError: the background save failed; names its step and the reason.
+    """
+    try:
+        manager.wait_until_finished()
+    except Exception as err:
+        step = _pending_steps.pop(manager, None)
+        what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+        raise CheckpointError(f"cannot save {what} in {manager.directory}: {describe_os_error(err)}") from err
+    _pending_steps.pop(manager, None)
+
+
+def committed_steps(workdir: str | Path) -> list[int]:
+    """Steps whose checkpoints are complete on disk, oldest first (read afresh; half-written ones excluded).
+
+    A manager that just failed to save may still list the failed step in memory; this asks the disk.
+    orbax names a finished step directory by the bare step number (``checkpoints/120``) and an
+    unfinished one ``120.orbax-checkpoint-tmp...``, so the names alone tell them apart.
+    """
+    root = checkpoint_dir(workdir)
+    try:
+        return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+    except FileNotFoundError:
+        return []
 
 
 def latest_step(manager: ocp.CheckpointManager) -> int | None:
@@ -150,3 +225,79 @@ def _structure_differences(stored: Any, target: Any) -> list[str]:
             if shape != tuple(want[key].shape):
                 out.append(f"{key} shape {shape} vs model {tuple(want[key].shape)}")
     return out
+
+
+LOCK_FILE = ".lock"
+
+
+class RunDirectoryLock:
+    """An exclusive ``flock`` on ``<run directory>/.lock``, held until :meth:`release` or process exit.
+
+    The kernel drops a ``flock`` when its holder dies (even by SIGKILL), so a crashed run never
+    leaves a stale lock behind: there is nothing to break by hand. The file itself stays (it only
+    records who holds the lock) and is harmless.
+    """
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path = path
+        self._fd = fd
+
+    def release(self) -> None:
+        """Unlocks (safe to call twice)."""
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> "RunDirectoryLock":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def lock_run_directory(workdir: str | Path) -> RunDirectoryLock:
+    """Takes the run directory's lock so that no second process trains into it at the same time.
+
+    Args:
+      workdir: an existing run directory.
+
+    Returns:
+      The held lock; call ``release()`` when done (exiting the process also releases it).
+
+    Raises:
+      CheckpointError: another live process holds the lock (the message names its pid and host), or
+        the run directory is not writable.
+    """
+    path = Path(workdir).absolute() / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise CheckpointError(f"cannot write to run directory {path.parent}: {describe_os_error(err)}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            # No flock on this file system (some network mounts): run unlocked rather than not at all.
+            os.close(fd)
+            logging.getLogger(__name__).warning(
+                "cannot lock %s (%s): make sure no other process trains into this run directory",
+                path, describe_os_error(err))
+            return RunDirectoryLock(path, None)
+        try:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        except OSError:
+            holder = "another process"
+        os.close(fd)
+        raise CheckpointError(f"run directory {path.parent} is in use by {holder} (it holds {path}); wait for "
+                              f"it to finish or stop it, or train into another --workdir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                  .encode(), 0)
+    except OSError as err:
+        os.close(fd)
+        raise CheckpointError(f"cannot write to run directory {path.parent}: {describe_os_error(err)}") from None
+    return RunDirectoryLock(path, fd)
