@@ -1,0 +1,248 @@
+import csv
+import json
+import math
+
+import pytest
+import yaml
+
+from jaxseq import sweep, train
+from jaxseq.config import save_config
+
+
+def write_base(tmp_path, **train_settings):
+    settings = {"batch_size": 8, "num_steps": 2, "steps_per_call": 2, "log_every": 2, "eval_every": 2,
+                "checkpoint_every": 2, "histogram_every": 0, "examples": 0, "eval_max_windows": 64, **train_settings}
+    base = {"data": {"window_len": 40, "cache_dir": str(tmp_path / "cache")},
+            "model": {"name": "autoencoder", "kernel_len": 3, "latent_len": 6},
+            "optim": {"optimizer": "sgd", "learning_rate": 0.1, "schedule": "constant"},
+            "train": settings}
+    (tmp_path / "configs").mkdir(exist_ok=True)
+    (tmp_path / "configs" / "tiny.yaml").write_text(yaml.safe_dump(base))
+
+
+def write_sweep(tmp_path, name="study", **spec):
+    write_base(tmp_path)
+    folder = tmp_path / "configs" / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"base": "../tiny.yaml", **spec}, sort_keys=False))
+    return path
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_md_table(path):
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert set(lines[1].replace("|", "")) == {"-"}
+    return header, [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Expansion, names, errors (no training)
+
+
+def test_grid_expands_in_key_order_last_key_fastest_with_stable_names(tmp_path):
+    path = write_sweep(tmp_path, grid={"model.kernel_len": [3, 9], "model.latent_len": [6, 18, 27]})
+    loaded = sweep.load_sweep(path)
+    assert [r.name for r in loaded.runs] == [
+        "kernel_len=3_latent_len=6", "kernel_len=3_latent_len=18", "kernel_len=3_latent_len=27",
+        "kernel_len=9_latent_len=6", "kernel_len=9_latent_len=18", "kernel_len=9_latent_len=27"]
+    assert [(r.config.model.kernel_len, r.config.model.latent_len) for r in loaded.runs] == [
+        (3, 6), (3, 18), (3, 27), (9, 6), (9, 18), (9, 27)]
+    assert loaded.override_keys == ["model.kernel_len", "model.latent_len"]
+    assert loaded.name == "study" and loaded.modes == ("deterministic",)
+    # Stable: the same file gives the same names again.
+    assert [r.name for r in sweep.load_sweep(path).runs] == [r.name for r in loaded.runs]
+
+
+def test_runs_list_combines_with_grid_and_settings_apply_in_order(tmp_path):
+    path = write_sweep(tmp_path,
+                       set={"train.num_steps": 7, "optim.learning_rate": 0.5},
+                       runs=[{"optim.optimizer": "sgd"}, {"optim.optimizer": "adam", "optim.learning_rate": 0.01}],
+                       grid={"train.seed": [0, 1]})
+    loaded = sweep.load_sweep(path, ["train.num_steps=3"])
+    assert [r.name for r in loaded.runs] == ["optimizer=sgd_seed=0", "optimizer=sgd_seed=1",
+                                             "optimizer=adam_learning_rate=0.01_seed=0",
+                                             "optimizer=adam_learning_rate=0.01_seed=1"]
+    first, adam = loaded.runs[0].config, loaded.runs[2].config
+    assert first.optim.learning_rate == 0.5  # sweep `set` over the base (0.1)
+    assert adam.optim.learning_rate == 0.01  # the run's own override over `set`
+    assert all(r.config.train.num_steps == 3 for r in loaded.runs)  # command line --set last
+    assert loaded.runs[1].overrides == {"optim.optimizer": "sgd", "train.seed": 1}
+    assert loaded.override_keys == ["optim.optimizer", "train.seed", "optim.learning_rate"]
+
+
+def test_run_names_are_filesystem_safe_and_distinguish_keys():
+    assert sweep.run_name({}) == "base"
+    assert sweep.run_name({"model.dilations": [1, 2, 4], "model.pool": "avg"}) == "dilations=1-2-4_pool=avg"
+    assert sweep.run_name({"model.input_dropout": {"schedule": "linear", "value": 0.1}}) == \
+        "input_dropout=schedulelinear-value0.1"
+    assert sweep.run_name({"data.fasta": "../a b/c.fa"}) == "fasta=..-a-b-c.fa"
+    # Two keys with the same last part keep their groups.
+    assert sweep.run_name({"train.seed": 1, "data.seed": 2}) == "train.seed=1_data.seed=2"
+    long_a = sweep.run_name({"model.dilations": list(range(60))})
+    long_b = sweep.run_name({"model.dilations": list(range(61))})
+    assert len(long_a) <= sweep.MAX_NAME_LEN and long_a != long_b
+
+
+@pytest.mark.parametrize("spec, args, expected", [
+    ({"gird": {"model.kernel_len": [3]}}, [], "unknown key 'gird' (did you mean grid?)"),
+    ({"grid": {"model.kernal_len": [3]}}, [], "unknown config key 'model.kernal_len'"),
+    ({"runs": [{"model.kernel_len": 3}, {"optim.lr": 0.1}]}, [], "runs[1] (run lr=0.1): unknown config key 'optim.lr'"),
+    ({"set": {"train.num_step": 5}}, [], "set: unknown config key 'train.num_step'"),
+    ({"grid": {"model.kernel_len": 3}}, [], "grid.model.kernel_len must be a non-empty list"),
+    ({"evaluate": ["random"]}, [], "'evaluate' must list modes"),
+    ({"target_run": "nope"}, [], "target_run 'nope' is not one of the runs"),
+    ({}, ["train.nope=1"], "--set: unknown config key 'train.nope'"),
+    ({"grid": {"model.kernel_len": [3, 80]}}, [], "kernel_len=80"),  # invalid combination, caught before training
+])
+def test_errors_are_one_line_naming_the_sweep_file_and_key(tmp_path, capsys, spec, args, expected):
+    path = write_sweep(tmp_path, **spec)
+    with pytest.raises(sweep.SweepError) as info:
+        sweep.load_sweep(path, args)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and expected in message
+    # The command line reports it the same way, exit status 2, and trains nothing.
+    assert sweep.main([str(path), "--out", str(tmp_path / "out"), *sum((["--set", a] for a in args), [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: sweep file") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_prints_the_expanded_runs_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    path = write_sweep(tmp_path, grid={"model.latent_len": [6, 12]})
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a, **k: pytest.fail("dry run trained"))
+    assert sweep.main([str(path), "--out", str(tmp_path / "out"), "--dry-run", "--set", "train.num_steps=4"]) == 0
+    out = capsys.readouterr().out
+    assert "2 run(s)" in out and "train.num_steps=4" in out
+    assert "[1] latent_len=6  (to run; 4 steps): model.latent_len=6" in out
+    assert "[2] latent_len=12" in out
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Running (a fake trainer where the numbers do not matter; one real two-run sweep)
+
+
+def fake_trainer(calls, fail=()):
+    def train_fn(config, workdir):
+        calls.append(workdir.name)
+        if workdir.name in fail:
+            raise FloatingPointError("non-finite loss at step 3")
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_config(config, workdir / "config.yaml")
+        acc = config.model.latent_len / 100
+        (workdir / "final_metrics.json").write_text(json.dumps({
+            "step": config.train.num_steps, "valid_loss": 1.0, "valid_accuracy": acc - 0.01, "test_loss": math.log(2),
+            "test_accuracy": acc, "test_bases": 100.0, "windows_per_sec": 1234.5}))
+        return {}
+    return train_fn
+
+
+def test_stochastic_columns_failed_runs_and_hparams_fallback(tmp_path):
+    path = write_sweep(tmp_path, grid={"model.latent_len": [6, 12, 18]}, evaluate=["stochastic"])
+    loaded = sweep.load_sweep(path)
+    assert loaded.modes == ("deterministic", "stochastic")
+    out = tmp_path / "out"
+    # A stochastic report already on disk is read, not recomputed.
+    (out / "latent_len=6").mkdir(parents=True)
+    (out / "latent_len=6" / "eval_test_stochastic_step2.json").write_text(
+        json.dumps({"accuracy": 0.5, "bits_per_base": 1.5, "step": 2}))
+    calls = []
+    rows = sweep.run_sweep(loaded, out, train_fn=fake_trainer(calls, fail={"latent_len=12"}), log=lambda m: None)
+    assert calls == ["latent_len=6", "latent_len=12", "latent_len=18"]
+    assert rows[0]["test_accuracy_stochastic"] == 0.5 and rows[0]["test_bits_per_base_stochastic"] == 1.5
+    assert rows[1]["note"] == "failed: FloatingPointError: non-finite loss at step 3"
+    header, md = read_md_table(out / "results.md")
+    assert header == ["run", "model.latent_len", "test_accuracy", "test_bits_per_base", "test_accuracy_stochastic",
+                      "test_bits_per_base_stochastic", "valid_accuracy", "steps", "wall_time_s", "windows_per_sec",
+                      "note"]
+    assert md[0]["test_accuracy_stochastic"] == "0.5000" and md[0]["test_bits_per_base"] == "1.0000"
+    assert md[1]["note"].startswith("failed:") and md[1]["test_accuracy"] == ""
+    assert md[0]["windows_per_sec"] == "1,234"
+    # The fake trainer wrote no TensorBoard: the sweep wrote the HParams session itself.
+    assert sweep.has_hparams(out / "latent_len=6") and sweep.has_hparams(out / "latent_len=18")
+    # Only the failed run is retried.
+    calls.clear()
+    sweep.run_sweep(loaded, out, train_fn=fake_trainer(calls), log=lambda m: None)
+    assert calls == ["latent_len=12"]
+    assert "note" not in read_md_table(out / "results.md")[0]
+
+
+def test_finished_run_of_another_config_is_refused_before_training(tmp_path):
+    path = write_sweep(tmp_path, grid={"model.latent_len": [6, 12]})
+    out = tmp_path / "out"
+    calls = []
+    sweep.run_sweep(sweep.load_sweep(path, ["train.num_steps=2"]), out, train_fn=fake_trainer(calls), log=print)
+    with pytest.raises(sweep.SweepError, match=r"latent_len=6 is a finished run of another config "
+                                               r"\(train.num_steps: 2 -> 5\)"):
+        sweep.run_sweep(sweep.load_sweep(path, ["train.num_steps=5"]), out, train_fn=fake_trainer(calls))
+    assert calls == ["latent_len=6", "latent_len=12"]
+    # Settings that cannot change the numbers (cache folder, logging cadence) do not count as another config.
+    sweep.run_sweep(sweep.load_sweep(path, ["train.num_steps=2", f"data.cache_dir={tmp_path / 'other'}",
+                                            "train.log_every=1"]), out, train_fn=fake_trainer(calls), log=print)
+    assert calls == ["latent_len=6", "latent_len=12"]
+
+
+def test_real_sweep_tabulates_final_metrics_logs_hparams_and_skips_finished_runs(tmp_path, monkeypatch):
+    path = write_sweep(tmp_path, grid={"model.latent_len": [2, 6]}, target_run="latent_len=2")
+    out = tmp_path / "out"
+    calls = []
+
+    def counting(config, workdir):
+        calls.append(workdir.name)
+        return train.train_and_evaluate(config, workdir)
+
+    sweep.run_sweep(sweep.load_sweep(path), out, train_fn=counting, log=lambda m: None)
+    assert calls == ["latent_len=2", "latent_len=6"]
+    finals = {name: json.loads((out / name / "final_metrics.json").read_text()) for name in calls}
+
+    rows = read_csv(out / "results.csv")
+    assert list(rows[0]) == ["run", "model.latent_len", "test_accuracy", "test_bits_per_base", "valid_accuracy",
+                             "steps", "wall_time_s", "windows_per_sec", "steps_to_target", "seconds_to_target"]
+    assert [r["run"] for r in rows] == calls and [r["model.latent_len"] for r in rows] == ["2", "6"]
+    for row in rows:
+        final = finals[row["run"]]
+        assert float(row["test_accuracy"]) == pytest.approx(final["test_accuracy"], abs=1e-12)
+        assert float(row["test_bits_per_base"]) == pytest.approx(final["test_loss"] / math.log(2))
+        assert float(row["valid_accuracy"]) == pytest.approx(final["valid_accuracy"])
+        assert int(row["steps"]) == final["step"] == 2
+        assert float(row["wall_time_s"]) > 0 and float(row["windows_per_sec"]) > 0
+    # The target run reaches its own accuracy no later than its last evaluation (step 2) or never.
+    assert rows[0]["steps_to_target"] in ("", "2")
+
+    header, md = read_md_table(out / "results.md")
+    assert header == list(rows[0])
+    for row, line in zip(rows, md):
+        assert line["run"] == row["run"]
+        assert line["test_accuracy"] == f"{float(row['test_accuracy']):.4f}"
+        assert line["test_bits_per_base"] == f"{float(row['test_bits_per_base']):.4f}"
+    # train.py logs each run to TensorBoard's HParams view.
+    for name in calls:
+        assert sweep.has_hparams(out / name)
+    session = [v for e in sweep.read_events(out / "latent_len=6" / "tensorboard" / "hparams")
+               for v in e.summary.value if v.tag == "_hparams_/session_start_info"]
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+    data = HParamsPluginData.FromString(session[0].metadata.plugin_data.content)
+    assert data.session_start_info.hparams["model.latent_len"].number_value == 6
+
+    # Second invocation, through the command line: nothing trains, the tables are rewritten the same.
+    mtimes = {name: (out / name / "final_metrics.json").stat().st_mtime_ns for name in calls}
+    before = (out / "results.csv").read_text()
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a, **k: pytest.fail("finished run trained again"))
+    assert sweep.main([str(path), "--out", str(out)]) == 0
+    assert {name: (out / name / "final_metrics.json").stat().st_mtime_ns for name in calls} == mtimes
+    assert (out / "results.csv").read_text() == before
+
+
+def test_columns_show_each_runs_effective_value_of_every_varied_setting(tmp_path):
+    path = write_sweep(tmp_path, runs=[{"model.latent_len": 12}, {"model.kernel_len": 5}])
+    rows = sweep.run_sweep(sweep.load_sweep(path), tmp_path / "out", train_fn=fake_trainer([]), log=lambda m: None)
+    assert [(r["run"], r["model.latent_len"], r["model.kernel_len"]) for r in rows] == [
+        ("latent_len=12", 12, 3), ("kernel_len=5", 6, 5)]  # base: kernel 3, latent 6
+    assert [(r["model.latent_len"], r["model.kernel_len"]) for r in read_csv(tmp_path / "out" / "results.csv")] == [
+        ("12", "3"), ("6", "5")]
