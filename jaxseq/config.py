@@ -168,6 +168,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e30" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
     if hint is str:
         if isinstance(value, str):

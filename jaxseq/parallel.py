@@ -172,3 +172,15 @@ def fetch(tree: Any) -> Any:
 def is_main_process() -> bool:
     """Only process 0 prints, writes TensorBoard and writes files outside orbax."""
     return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """True if ``flag`` is true on any process: decisions that end a loop must be taken by all together.
+
+    One process: ``flag`` itself, no communication.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.array(bool(flag)))).any())

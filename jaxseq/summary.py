@@ -7,6 +7,8 @@ Only process 0 writes: other processes get a :class:`NullWriter`.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,13 +22,56 @@ class NullWriter:
         return lambda *args, **kwargs: None
 
 
+def _import_summary_writer():
+    # tensorboardX imports torch at import time whenever it is installed: seconds of start-up, and the
+    # core must not import torch. Hide it for that import unless it is already loaded (the baseline).
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 def create_writer(workdir: str | Path, enabled: bool = True):
     """A ``SummaryWriter`` on ``workdir/tensorboard`` (appending on resume), or a :class:`NullWriter`."""
     if not enabled:
         return NullWriter()
-    from tensorboardX import SummaryWriter
+    return _import_summary_writer()(str(Path(workdir) / "tensorboard"), flush_secs=10)
 
-    return SummaryWriter(str(Path(workdir) / "tensorboard"), flush_secs=10)
+
+def _event_writers(writer) -> list:
+    # tensorboardX internals (SummaryWriter -> FileWriter -> EventFileWriter); empty if they change.
+    if isinstance(writer, NullWriter):
+        return []
+    file_writers = getattr(writer, "all_writers", None) or {}
+    return [w.event_writer for w in file_writers.values() if hasattr(w, "event_writer")]
+
+
+def writer_alive(writer) -> bool:
+    """False once tensorboardX's worker thread died (a failed write: disk full, directory gone).
+
+    Later ``add_*`` calls would block forever on its bounded queue, so the loop checks this first.
+    """
+    workers = [getattr(events, "_worker", None) for events in _event_writers(writer)]
+    return all(worker is None or worker.is_alive() for worker in workers)
+
+
+def close_writer(writer) -> None:
+    """Flushes and closes; on an I/O error, stops the writer quietly (the caller reports the error)."""
+    try:
+        writer.close()
+    except OSError:
+        for events in _event_writers(writer):
+            with contextlib.suppress(Exception):
+                worker = getattr(events, "_worker", None)
+                if worker is not None and worker.is_alive():
+                    worker.stop()
+                # tensorboardX closes again at exit, which would print a traceback after our error message.
+                events._closed = True
 
 
 def write_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:

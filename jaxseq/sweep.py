@@ -69,6 +69,7 @@ import yaml
 
 from jaxseq import config as config_lib
 from jaxseq.config import Config, ConfigError
+from jaxseq.train import TrainingInterrupted
 
 SWEEP_KEYS = ("base", "description", "set", "grid", "runs", "evaluate", "target_run")
 EVAL_MODES = ("deterministic", "stochastic")
@@ -603,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SweepError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:  # the run saved a checkpoint; rerunning the sweep resumes it
+        print(f"{err}; rerun the sweep to continue", file=sys.stderr)
+        return err.exit_code
     failed = [row["run"] for row in rows if row.get("note")]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -399,33 +399,6 @@ class _StopSignals:
         self._previous, self._pipe, self._watcher = {}, None, None
 
 
-def _event_writers(writer) -> list:
-    # tensorboardX internals (SummaryWriter -> FileWriter -> EventFileWriter); empty if they change.
-    file_writers = getattr(writer, "all_writers", None) or {}
-    return [w.event_writer for w in file_writers.values() if hasattr(w, "event_writer")]
-
-
-def _writer_alive(writer) -> bool:
-    # tensorboardX writes from a worker thread; if a write fails (disk full) the thread dies and later
-    # add_* calls block forever on its bounded queue: check before writing instead of hanging.
-    workers = [getattr(events, "_worker", None) for events in _event_writers(writer)]
-    return all(worker is None or worker.is_alive() for worker in workers)
-
-
-def _close_writer(writer) -> None:
-    """Flushes and closes TensorBoard; on an I/O error, stops it quietly (the error is reported elsewhere)."""
-    try:
-        writer.close()
-    except OSError:
-        for events in _event_writers(writer):
-            with contextlib.suppress(Exception):
-                worker = getattr(events, "_worker", None)
-                if worker is not None and worker.is_alive():
-                    worker.stop()
-                # tensorboardX closes again at exit, which would print a traceback after our error message.
-                events._closed = True
-
-
 def _changed_settings(old: Config, new: Config) -> list[str]:
     """``"group.key: old -> new"`` for every setting that differs."""
     a, b = old.to_dict(), new.to_dict()
@@ -549,7 +522,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoin
         if main:
             config_lib.save_config(config, workdir / "config.yaml")
         writer = summary.create_writer(workdir, enabled=main)
-        cleanup.callback(_close_writer, writer)
+        cleanup.callback(summary.close_writer, writer)
         if start_step == 0 and main:
             summary.write_text(writer, 0, "config", json.dumps(config.to_dict(), indent=2))
         if changes and main:
@@ -570,7 +543,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoin
             return every > 0 and step % every == 0
 
         def check_writer() -> None:
-            if main and not _writer_alive(writer):
+            # Agreed across processes: one process raising alone would leave the others in a collective.
+            if parallel.any_process(main and not summary.writer_alive(writer)):
                 raise RunDirectoryError(f"the TensorBoard writer for {workdir / 'tensorboard'} stopped "
                                         f"(disk full or directory unwritable?)")
 
@@ -593,8 +567,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoin
                     f"non-finite {what} at step {first} ({skipped_total} bad batch(es), "
                     f"train.skip_nonfinite={t.skip_nonfinite}); the update was not applied and no checkpoint "
                     f"of it is saved (--skip-nonfinite N skips up to N such batches)")
-            bar.write(f"step {first}: skipped {count} batch(es) with non-finite {what} "
-                      f"({skipped_total} of at most {t.skip_nonfinite})")
+            if main:
+                bar.write(f"step {first}: skipped {count} batch(es) with non-finite {what} "
+                          f"({skipped_total} of at most {t.skip_nonfinite})")
 
         def save(step: int) -> None:
             nonlocal saved_step
@@ -610,7 +585,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoin
         windows_per_sec = 0.0
         bar = tqdm(total=t.num_steps, initial=step, disable=not main, desc="train", unit="step", dynamic_ncols=True)
         try:
-            while step < t.num_steps and stop.signum is None:
+            while step < t.num_steps and not parallel.any_process(stop.signum is not None):
                 events = [e for e in (t.log_every, t.eval_every, t.checkpoint_every, t.histogram_every) if e > 0]
                 next_event = min([(step // e + 1) * e for e in events] + [t.num_steps])
                 k = min(t.steps_per_call, next_event - step)
@@ -704,8 +679,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoin
         result = {"step": step, "valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"],
                   "test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_bases": float(test_sums["count"]),
                   "windows_per_sec": windows_per_sec}
+        check_writer()  # a collective: every process calls it
         if main:
-            check_writer()
             summary.write_hparams(writer, config.to_dict(), {"test_accuracy": test["accuracy"], "test_loss": test["loss"]})
             # Atomic: a process killed here leaves the old file or none, never half of one.
             final = workdir / "final_metrics.json"

@@ -93,3 +93,9 @@ def test_devices_all_or_positive_count():
     assert load_config(None, []).train.devices == "all"
     with pytest.raises(ConfigError, match="train.devices must be 'all' or a positive integer, got 0"):
         load_config(None, ["train.devices=0"])
+
+
+def test_exponent_without_dot_is_a_number():
+    assert load_config(None, ["optim.learning_rate=1e30"]).optim.learning_rate == 1e30
+    with pytest.raises(ConfigError, match="optim.learning_rate: expected a number, got str 'fast'"):
+        load_config(None, ["optim.learning_rate=fast"])
