@@ -116,3 +116,24 @@ def test_resume_refuses_architecture_change(tmp_path):
     changed = small_config(tmp_path, "train.num_steps=4", "model.latent_len=7")
     with pytest.raises(Exception, match="model.latent_len: 6 -> 7"):
         train.train_and_evaluate(changed, tmp_path / "run")
+
+
+def test_scanned_and_unrolled_steps_agree(tmp_path):
+    config = small_config(tmp_path, "train.num_steps=100", "model.latent_noise_std=0.3", "model.input_dropout=0.1")
+    schedules = train.create_hparam_schedules(config)
+    fn = jax.jit(lambda s, b, r: train.train_steps(s, b, r, hparam_schedules=schedules))
+    rng = jax.random.key(3)
+    tokens = jax.random.randint(jax.random.key(1), (6, 8, 40), 0, 4).astype(jnp.int8)
+    batches = {"tokens": tokens, "weights": jnp.ones((6, 8), jnp.float32)}
+    assert batches["tokens"].shape[0] > train.MAX_UNROLLED_STEPS >= 3
+    scanned, m_scan = fn(train.create_train_state(config), batches, rng)
+    state = train.create_train_state(config)
+    m_unrolled = None
+    for half in (slice(0, 3), slice(3, 6)):
+        state, m = fn(state, jax.tree.map(lambda x: x[half], batches), rng)
+        m_unrolled = train.add_metrics(m_unrolled, m)
+    assert int(scanned.step) == int(state.step) == 6
+    for a, b in zip(jax.tree.leaves(params_of(scanned)), jax.tree.leaves(params_of(state))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(m_scan["loss_sum"]), float(m_unrolled["loss_sum"]), rtol=1e-5)
+    assert float(m_scan["count"]) == float(m_unrolled["count"]) == 6 * 8 * 40
