@@ -76,6 +76,19 @@ def _config(setup: str, fasta: str, num_steps: int, extra: list[str]):
     return load_config(None, SETUPS[setup] + COMMON + [f"data.fasta={fasta}", f"train.num_steps={num_steps}", *extra])
 
 
+def _time_runs(run, warmup: int, steps: int, repeats: int) -> tuple[float, list[float], dict]:
+    """Runs ``warmup`` steps (start-up, compilation), then ``repeats`` timed runs of ``steps``."""
+    t0 = time.perf_counter()
+    run(warmup)
+    warmup_seconds = time.perf_counter() - t0
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sums = run(steps)
+        seconds.append(time.perf_counter() - t0)
+    return warmup_seconds, seconds, sums
+
+
 def worker_jax(setup: str, fasta: str, steps: int, warmup: int, repeats: int, extra: list[str],
                steps_per_call: int | None = None) -> dict:
     import functools
@@ -125,14 +138,7 @@ def worker_jax(setup: str, fasta: str, steps: int, warmup: int, repeats: int, ex
         jax.block_until_ready(state)
         return jax.device_get(pending)
 
-    t0 = time.perf_counter()
-    run(warmup)
-    warmup_seconds = time.perf_counter() - t0
-    seconds = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sums = run(steps)
-        seconds.append(time.perf_counter() - t0)
+    warmup_seconds, seconds, sums = _time_runs(run, warmup, steps, repeats)
     loader.close()
     return {"implementation": "jaxseq", "steps": steps, "warmup_steps": warmup,
             "steps_per_call": "step" if plain else k,
@@ -171,14 +177,7 @@ def worker_torch(setup: str, fasta: str, steps: int, warmup: int, repeats: int, 
             step += 1
         return {key: float(v) for key, v in pending.items()}
 
-    t0 = time.perf_counter()
-    run(warmup)
-    warmup_seconds = time.perf_counter() - t0
-    seconds = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sums = run(steps)
-        seconds.append(time.perf_counter() - t0)
+    warmup_seconds, seconds, sums = _time_runs(run, warmup, steps, repeats)
     loader.close()
     return {"implementation": "torch", "threads": threads, "steps": steps, "warmup_steps": warmup,
             "seconds": seconds, "warmup_seconds": warmup_seconds, "batch_size": config.train.batch_size,

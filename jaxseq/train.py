@@ -599,7 +599,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoin
         pending = None  # metric sums since the last log, still on device
         log_time, log_step = time.perf_counter(), step
         windows_per_sec = 0.0
-        bar = tqdm(total=t.num_steps, initial=step, disable=not main, desc="train", unit="step", dynamic_ncols=True)
+        # Not on a terminal (logs, CI) a line per refresh floods the file: refresh every 30 s there.
+        bar = tqdm(total=t.num_steps, initial=step, disable=not main, desc="train", unit="step", dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
         try:
             while step < t.num_steps and not parallel.any_process(stop.signum is not None):
                 events = [e for e in (t.log_every, t.eval_every, t.checkpoint_every, t.histogram_every) if e > 0]
