@@ -54,7 +54,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "experiments" / "out" / "benchmark_vs_torch.json"
-DEFAULT_FASTA = Path("/work/shared/data/ecoli_k12_mg1655.fa.gz")
+DEFAULT_FASTA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ecoli_k12_mg1655.fa.gz"
 
 COMMON = ["optim.optimizer=sgd", "optim.schedule=constant", "optim.learning_rate=0.1", "train.seed=0"]
 SETUPS = {

@@ -18,7 +18,8 @@ from jaxseq.config import load_config
 from jaxseq.genome import Genome
 from jaxseq.loader import count_eval_windows
 
-CHR17 = Path("/work/shared/data/human_chr17_hg19_part.fa")
+# CI clones the repo with shared/ beside it.
+CHR17 = Path(__file__).resolve().parents[2] / "shared" / "data" / "human_chr17_hg19_part.fa"
 SMALL = ["model.name=autoencoder", "model.kernel_len=3", "model.latent_len=6", "data.window_len=40",
          "train.batch_size=8", "train.num_steps=4", "train.log_every=2", "train.eval_every=4",
          "train.checkpoint_every=2", "train.histogram_every=0", "train.steps_per_call=2", "train.examples=0",

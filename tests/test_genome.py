@@ -21,7 +21,7 @@ from jaxseq.genome import Genome, GenomeError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not SHARED.is_dir():
-    SHARED = Path("/work/shared/data")
+    SHARED = Path("/work/shared/data")  # a checkout elsewhere on this machine
 CHR17 = SHARED / "human_chr17_hg19_part.fa"
 
 
