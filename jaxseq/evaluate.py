@@ -65,7 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq import checkpoint, losses, parallel, summary, tokens as tok
+from jaxseq import checkpoint, losses, models, parallel, summary, tokens as tok
 from jaxseq import config as config_lib
 from jaxseq import train
 from jaxseq.config import Config, ConfigError
@@ -300,7 +300,7 @@ def _running_batch_norm(next_fun, args, kwargs, context):
     dropout and noise but running statistics for normalisation, and must not update them.
     """
     module = context.module
-    if not isinstance(module, nn.BatchNorm) or context.method_name != "__call__":
+    if not isinstance(module, (nn.BatchNorm, models.BatchNorm)) or context.method_name != "__call__":
         return next_fun(*args, **kwargs)
     previous = module.use_running_average
     object.__setattr__(module, "use_running_average", True)
