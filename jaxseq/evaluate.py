@@ -293,23 +293,6 @@ def eval_hparams(config: Config, step: int) -> dict[str, float]:
 # The model in either mode
 
 
-def _running_batch_norm(next_fun, args, kwargs, context):
-    """Flax method interceptor: every BatchNorm normalises with its running statistics.
-
-    The models tie batch statistics to ``train=True``; stochastic evaluation needs ``train=True`` for
-    dropout and noise but running statistics for normalisation, and must not update them.
-    """
-    module = context.module
-    if not isinstance(module, (nn.BatchNorm, models.BatchNorm)) or context.method_name != "__call__":
-        return next_fun(*args, **kwargs)
-    previous = module.use_running_average
-    object.__setattr__(module, "use_running_average", True)
-    try:
-        return next_fun(*args, **kwargs)
-    finally:
-        object.__setattr__(module, "use_running_average", previous)
-
-
 def apply_model(model: nn.Module, variables: Mapping[str, Any], tokens: jax.Array, *, stochastic: bool,
                 hparams: Mapping[str, jax.Array] | None = None, key: jax.Array | None = None) -> jax.Array:
     """Logits f32 ``(B, L, 4)`` in deterministic or stochastic mode (batch norm: running statistics).
@@ -326,9 +309,9 @@ def apply_model(model: nn.Module, variables: Mapping[str, Any], tokens: jax.Arra
         logits, _ = model.apply(variables, tokens, train=False)
         return logits
     dropout_key, noise_key = jax.random.split(key)
-    with nn.intercept_methods(_running_batch_norm):
-        logits, _ = model.apply(variables, tokens, train=True, hparams=hparams,
-                                rngs={"dropout": dropout_key, "noise": noise_key})
+    # Batch norm on running statistics (train=False), dropout and noise on (deterministic=False).
+    logits, _ = model.apply(variables, tokens, train=False, deterministic=False, hparams=hparams,
+                            rngs={"dropout": dropout_key, "noise": noise_key})
     return logits
 
 

@@ -3,8 +3,12 @@
 Every model maps integer tokens ``(B, L)`` to per-position logits ``(B, L, 4)`` float32 and also
 returns its latent code::
 
-    logits, latent = model.apply(variables, tokens, train=True, hparams=hparams,
+    logits, latent = model.apply(variables, tokens, train=True, deterministic=False, hparams=hparams,
                                  rngs={"dropout": k1, "noise": k2}, mutable=["batch_stats"])
+
+``train`` switches batch norm to batch statistics (and updates the running ones); ``deterministic``
+(default ``not train``) switches input dropout, hidden dropout and latent noise off. They are
+independent: stochastic evaluation is ``train=False, deterministic=False``.
 
 The embedding is ``one_hot(tokens, 4)``, so N (4) and MASK (5) positions are all-zero inputs.
 
@@ -479,19 +483,19 @@ class SeqDropout(nn.Module):
     """
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, rate: jax.Array | None, *, train: bool) -> jax.Array:
+    def __call__(self, tokens: jax.Array, rate: jax.Array | None, *, deterministic: bool) -> jax.Array:
         """Drops input positions.
 
         Args:
           tokens: integer ``(B, L)``.
           rate: float32 scalar in ``[0, 1)`` (may be traced) or None (no dropout).
-          train: dropout applies only when True; uses the ``"dropout"`` rng.
+          deterministic: no dropout when True; otherwise uses the ``"dropout"`` rng.
 
         Returns:
           tokens, same shape and dtype, with dropped positions set to ``tokens.MASK``. Rate 0 returns
           the input unchanged (uniform samples are never below 0).
         """
-        if not train or rate is None:
+        if deterministic or rate is None:
             return tokens
         dropped = jax.random.bernoulli(self.make_rng("dropout"), rate, tokens.shape)
         return jnp.where(dropped, jnp.asarray(tok.MASK, tokens.dtype), tokens)
@@ -501,18 +505,18 @@ class GaussianNoise(nn.Module):
     """Adds ``std * N(0, 1)`` to its input (train only), using the ``"noise"`` rng."""
 
     @nn.compact
-    def __call__(self, x: jax.Array, std: jax.Array | None, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, std: jax.Array | None, *, deterministic: bool) -> jax.Array:
         """Adds latent noise.
 
         Args:
           x: float array, any shape.
           std: float32 scalar (may be traced) or None (no noise). Std 0 returns ``x`` unchanged.
-          train: noise applies only when True.
+          deterministic: no noise when True; otherwise uses the ``"noise"`` rng.
 
         Returns:
           same shape and dtype as ``x``.
         """
-        if not train or std is None:
+        if deterministic or std is None:
             return x
         noise = jax.random.normal(self.make_rng("noise"), x.shape, x.dtype)
         return x + std.astype(x.dtype) * noise
@@ -540,26 +544,30 @@ class Autoencoder(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, *, train: bool,
+    def __call__(self, tokens: jax.Array, *, train: bool = False, deterministic: bool | None = None,
                  hparams: Mapping[str, Any] | None = None) -> tuple[jax.Array, jax.Array]:
         """Encodes and decodes a batch of windows.
 
         Args:
           tokens: integer ``(B, L)``, ``L >= kernel_len``.
-          train: enables input dropout and latent noise.
+          train: batch norm uses batch statistics (and updates the running ones) when True.
+          deterministic: no input dropout and no latent noise; default ``not train``.
           hparams: ``{"input_dropout", "latent_noise_std"}`` float32 scalars, or None.
 
         Returns:
           logits float32 ``(B, L, 4)`` and latent float32 ``(B, L - kernel_len + 1, latent_len)``.
         """
+        deterministic = (not train) if deterministic is None else deterministic
         if tokens.shape[1] < self.kernel_len:
             raise ValueError(f"Autoencoder: sequence length {tokens.shape[1]} is shorter than "
                              f"kernel_len {self.kernel_len}")
-        tokens = SeqDropout(name="input_dropout")(tokens, _hparam(hparams, "input_dropout"), train=train)
+        tokens = SeqDropout(name="input_dropout")(tokens, _hparam(hparams, "input_dropout"),
+                                                   deterministic=deterministic)
         x = embed(tokens)
         latent = nn.relu(_conv(self.latent_len, self.kernel_len, tok.NUM_BASES, padding="VALID",
                                name="enc_conv")(x))
-        z = GaussianNoise(name="latent_noise")(latent, _hparam(hparams, "latent_noise_std"), train=train)
+        z = GaussianNoise(name="latent_noise")(latent, _hparam(hparams, "latent_noise_std"),
+                                             deterministic=deterministic)
         logits = _conv_transpose(tok.NUM_BASES, self.kernel_len, 0, name="dec_conv")(z)
         return logits.astype(jnp.float32), latent
 
@@ -657,25 +665,29 @@ class MultilayerAutoencoder(nn.Module):
         return self.window_len // self.pool_size ** self.n_conv_and_pool
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, *, train: bool,
+    def __call__(self, tokens: jax.Array, *, train: bool = False, deterministic: bool | None = None,
                  hparams: Mapping[str, Any] | None = None) -> tuple[jax.Array, jax.Array]:
         """Encodes and decodes a batch of windows.
 
         Args:
           tokens: integer ``(B, window_len)``.
-          train: batch statistics + dropout + noise when True, running statistics otherwise.
+          train: batch norm uses batch statistics (and updates the running ones) when True,
+            running statistics otherwise.
+          deterministic: no input dropout, hidden dropout or latent noise; default ``not train``.
           hparams: ``{"input_dropout", "latent_noise_std"}`` float32 scalars, or None.
 
         Returns:
           logits float32 ``(B, window_len, 4)`` and latent float32 ``(B, latent_len)``.
         """
+        deterministic = (not train) if deterministic is None else deterministic
         if tokens.shape[1] != self.window_len:
             raise ValueError(f"MultilayerAutoencoder: input length {tokens.shape[1]} != window_len "
                              f"{self.window_len} (the dense layers are sized for window_len)")
         k, pad, sizes = self.kernel_len, self.kernel_len // 2, self.sizes
         batch = tokens.shape[0]
 
-        tokens = SeqDropout(name="input_dropout")(tokens, _hparam(hparams, "input_dropout"), train=train)
+        tokens = SeqDropout(name="input_dropout")(tokens, _hparam(hparams, "input_dropout"),
+                                                   deterministic=deterministic)
         x = embed(tokens)
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             for j in range(self.n_conv_before_pool):
@@ -683,7 +695,7 @@ class MultilayerAutoencoder(nn.Module):
                 x = nn.relu(_conv(n_out, k, c_in, padding=((pad, pad),), name=f"enc_conv_{i}{j}")(x))
             x = _pool(x, self.pool_size, self.pool)
             x = _batch_norm(train, name=f"enc_norm_{i}")(x)
-            x = nn.Dropout(self.hidden_dropout, deterministic=not train)(x)
+            x = nn.Dropout(self.hidden_dropout, deterministic=deterministic)(x)
         channels = sizes[-1]
         # Channels-first flatten so the dense weights line up with PyTorch's .view(B, -1).
         x = jnp.transpose(x, (0, 2, 1)).reshape(batch, channels * self.linear_size)
@@ -693,7 +705,8 @@ class MultilayerAutoencoder(nn.Module):
             x = _dense(self.latent_len, self.latent_len, name=f"enc_linear_{i}")(x)
         latent = x
 
-        x = GaussianNoise(name="latent_noise")(latent, _hparam(hparams, "latent_noise_std"), train=train)
+        x = GaussianNoise(name="latent_noise")(latent, _hparam(hparams, "latent_noise_std"),
+                                             deterministic=deterministic)
         for i in reversed(range(1, self.n_linear)):
             x = nn.relu(_dense(self.latent_len, self.latent_len, name=f"dec_linear_{i}")(x))
             x = _batch_norm(train, name=f"dec_norm_L{i}")(x)
@@ -761,26 +774,29 @@ class DilatedAutoencoder(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, *, train: bool,
+    def __call__(self, tokens: jax.Array, *, train: bool = False, deterministic: bool | None = None,
                  hparams: Mapping[str, Any] | None = None) -> tuple[jax.Array, jax.Array]:
         """Encodes and decodes a batch of windows.
 
         Args:
           tokens: integer ``(B, L)``.
-          train: enables input dropout, hidden dropout and latent noise.
+          train: unused (no batch norm); accepted so every model has one signature.
+          deterministic: no input dropout, hidden dropout or latent noise; default ``not train``.
           hparams: ``{"input_dropout", "latent_noise_std"}`` float32 scalars, or None.
 
         Returns:
           logits float32 ``(B, L, 4)`` and latent float32 ``(B, L, latent_len)``.
         """
+        deterministic = (not train) if deterministic is None else deterministic
         k, hidden = self.kernel_len, self.hidden_len
-        dropout = nn.Dropout(self.hidden_dropout, deterministic=not train)
+        dropout = nn.Dropout(self.hidden_dropout, deterministic=deterministic)
 
         def block(h, name, dilation):
             y = dropout(nn.relu(_conv(hidden, k, hidden, padding="SAME", dilation=dilation, name=name)(h)))
             return h + y if self.residual else y
 
-        tokens = SeqDropout(name="input_dropout")(tokens, _hparam(hparams, "input_dropout"), train=train)
+        tokens = SeqDropout(name="input_dropout")(tokens, _hparam(hparams, "input_dropout"),
+                                                   deterministic=deterministic)
         h = embed(tokens)
         h = dropout(nn.relu(_conv(hidden, k, tok.NUM_BASES, padding="SAME", dilation=self.dilations[0],
                                   name="enc_conv_0")(h)))
@@ -788,7 +804,8 @@ class DilatedAutoencoder(nn.Module):
             h = block(h, f"enc_conv_{i}", self.dilations[i])
         latent = _conv(self.latent_len, 1, hidden, padding="VALID", name="enc_latent")(h)
 
-        h = GaussianNoise(name="latent_noise")(latent, _hparam(hparams, "latent_noise_std"), train=train)
+        h = GaussianNoise(name="latent_noise")(latent, _hparam(hparams, "latent_noise_std"),
+                                             deterministic=deterministic)
         h = nn.relu(_conv(hidden, 1, self.latent_len, padding="VALID", name="dec_latent")(h))
         for i in reversed(range(1, len(self.dilations))):
             h = block(h, f"dec_conv_{i}", self.dilations[i])

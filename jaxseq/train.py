@@ -160,7 +160,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     def loss_fn(params):
         (logits, latent), updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, batch["tokens"],
-            train=True, hparams=hparams, rngs={"dropout": dropout_rng, "noise": noise_rng},
+            train=True, deterministic=False, hparams=hparams, rngs={"dropout": dropout_rng, "noise": noise_rng},
             mutable=["batch_stats"])
         loss = losses.reconstruction(logits, batch, latent, neighbour_loss_weight)
         return loss, (logits, updates)

@@ -405,27 +405,27 @@ def test_batch_norm_running_statistics_use_pytorch_momentum():
 def test_seq_dropout_masks_whole_positions_at_rate():
     tokens = jnp.zeros((8, 500), jnp.int8) + 2
     layer = models.SeqDropout()
-    dropped = layer.apply({}, tokens, jnp.float32(0.3), train=True, rngs={"dropout": jax.random.key(0)})
+    dropped = layer.apply({}, tokens, jnp.float32(0.3), deterministic=False, rngs={"dropout": jax.random.key(0)})
     assert dropped.dtype == tokens.dtype
     assert set(np.unique(np.asarray(dropped))) == {2, tok.MASK}
     assert abs(float(jnp.mean(dropped == tok.MASK)) - 0.3) < 0.02
     embedded = models.embed(dropped)
     # Dropped positions are all-zero, kept ones exactly one-hot (the prototype's Dropout2d * (1 - p)).
     np.testing.assert_array_equal(embedded.sum(-1), (dropped != tok.MASK).astype(np.float32))
-    same = layer.apply({}, tokens, jnp.float32(0.0), train=True, rngs={"dropout": jax.random.key(0)})
+    same = layer.apply({}, tokens, jnp.float32(0.0), deterministic=False, rngs={"dropout": jax.random.key(0)})
     np.testing.assert_array_equal(same, tokens)
-    assert layer.apply({}, tokens, jnp.float32(0.9), train=False) is tokens
+    assert layer.apply({}, tokens, jnp.float32(0.9), deterministic=True) is tokens
 
 
 def test_gaussian_noise_train_only_and_zero_std_is_identity():
     x = jnp.arange(12.0).reshape(3, 4)
     layer = models.GaussianNoise()
-    noisy = layer.apply({}, x, jnp.float32(0.5), train=True, rngs={"noise": jax.random.key(0)})
+    noisy = layer.apply({}, x, jnp.float32(0.5), deterministic=False, rngs={"noise": jax.random.key(0)})
     assert not np.allclose(noisy, x)
     assert abs(float(jnp.std(noisy - x)) - 0.5) < 0.3
-    zero = layer.apply({}, x, jnp.float32(0.0), train=True, rngs={"noise": jax.random.key(0)})
+    zero = layer.apply({}, x, jnp.float32(0.0), deterministic=False, rngs={"noise": jax.random.key(0)})
     np.testing.assert_array_equal(zero, x)
-    np.testing.assert_array_equal(layer.apply({}, x, jnp.float32(0.5), train=False), x)
+    np.testing.assert_array_equal(layer.apply({}, x, jnp.float32(0.5), deterministic=True), x)
 
 
 def test_embedding_zeroes_n_and_mask():
