@@ -48,6 +48,10 @@ class DataConfig:
     augment: list[str] = dataclasses.field(default_factory=lambda: ["identity", "reverse_complement"])
     stride: int = 0  # 0: random window starts; > 0: shuffled sequential tiling with this stride
     prefetch: int = 4
+    records: list[str] = dataclasses.field(default_factory=list)  # names or globs; empty: every record
+    regions: str = ""  # BED file: only windows wholly inside these intervals (empty: everywhere)
+    exclude: str = ""  # BED file: no window touches these intervals (a blacklist)
+    aliases: str = ""  # record aliases: two columns (name in FASTA, alias) or an NCBI assembly report
 
 
 @dataclasses.dataclass
@@ -298,6 +302,17 @@ def _check_schedule_value(key: str, spec: Any, upper: float | None) -> None:
             raise ConfigError(f"{key}: value {v} out of range, must be {bound}")
 
 
+def _check_data_restrictions(d: DataConfig) -> None:
+    """data.records/regions/exclude/aliases: shapes and files here; contents are read by jaxseq.splits."""
+    for i, pattern in enumerate(d.records):
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise ConfigError(f"data.records[{i}]: expected a record name or glob, got {pattern!r}")
+    for key in ("regions", "exclude", "aliases"):
+        value = getattr(d, key)
+        if value and not Path(value).expanduser().is_file():
+            raise ConfigError(f"data.{key}: file {value} does not exist")
+
+
 def validate(config: Config) -> None:
     """Checks ranges and combinations.
 
@@ -305,6 +320,7 @@ def validate(config: Config) -> None:
       ConfigError: the first problem found, naming the setting.
     """
     d, m, o, t = config.data, config.model, config.optim, config.train
+    _check_data_restrictions(d)
 
     def positive(key: str, value) -> None:
         if value <= 0:

@@ -11,15 +11,29 @@ Two strategies:
 Intervals are half-open ``[start, end)`` and never overlap across splits. The loader samples every
 window wholly inside one interval, so no base is seen by windows of two splits. This module only
 describes the partition; sampling belongs to :mod:`jaxseq.loader`.
+
+:func:`split_genome` is what training and evaluation call: it selects records (``data.records``),
+splits them, then intersects every split with ``data.regions`` (windows wholly inside them) and
+subtracts ``data.exclude`` (no window touches them). Restricting after splitting keeps the block
+layout of a genome the same whatever the regions, and cutting intervals can only shrink them, so
+the splits stay disjoint. :func:`subtract_intervals` and :func:`intersect_intervals` are the
+interval arithmetic for any other restriction (a k-mer deduplication removes shared stretches the
+same way ``data.exclude`` does).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+from jaxseq import regions as regions_lib
+
+if TYPE_CHECKING:  # annotations only: splits sits below config and genome in no import chain
+    from jaxseq.config import DataConfig
+    from jaxseq.genome import Genome
 
 #: Split names, in the order of ``proportions``.
 SPLITS = ("train", "valid", "test")
@@ -229,3 +243,119 @@ def _check_disjoint(splits: Mapping[str, Sequence[Interval]]) -> None:
 def _preview(names: list[str], limit: int = 20) -> str:
     shown = ", ".join(repr(n) for n in names[:limit])
     return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} records)"
+
+
+def _merged(spans: Sequence[tuple]) -> dict[str, list[tuple[int, int]]]:
+    """(record, start, end, ...) tuples -> record -> sorted, merged, non-empty [start, end) spans."""
+    by_record: dict[str, list[tuple[int, int]]] = {}
+    for span in spans:
+        if span[2] > span[1]:
+            by_record.setdefault(span[0], []).append((int(span[1]), int(span[2])))
+    for record, items in by_record.items():
+        items.sort()
+        merged = [items[0]]
+        for start, end in items[1:]:
+            if start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        by_record[record] = merged
+    return by_record
+
+
+def subtract_intervals(intervals: Sequence[Interval], removed: Sequence[tuple]) -> list[Interval]:
+    """Removes every base covered by ``removed`` from ``intervals``.
+
+    Args:
+      intervals: disjoint :class:`Interval` s (one split), in any order.
+      removed: ``(record, start, end, ...)`` tuples (:class:`Interval`, :class:`jaxseq.regions.Region`),
+        0-based half-open, overlapping or unsorted; zero-length ones remove nothing.
+
+    Returns:
+      The remaining non-empty pieces, in the order of ``intervals`` (then by start).
+    """
+    cut = _merged(removed)
+    out = []
+    for interval in intervals:
+        start = interval.start
+        for a, b in cut.get(interval.record, ()):
+            if b <= start or a >= interval.end:
+                continue
+            if a > start:
+                out.append(Interval(interval.record, start, a))
+            start = max(start, b)
+        if start < interval.end:
+            out.append(Interval(interval.record, start, interval.end))
+    return out
+
+
+def intersect_intervals(intervals: Sequence[Interval], kept: Sequence[tuple]) -> list[Interval]:
+    """Keeps only the bases of ``intervals`` that ``kept`` covers (arguments as :func:`subtract_intervals`)."""
+    keep = _merged(kept)
+    out = []
+    for interval in intervals:
+        for a, b in keep.get(interval.record, ()):
+            start, end = max(a, interval.start), min(b, interval.end)
+            if start < end:
+                out.append(Interval(interval.record, start, end))
+    return out
+
+
+def split_genome(genome: "Genome", data: "DataConfig") -> dict[str, list[Interval]]:
+    """The final train/valid/test intervals of a genome under a data config: what runs train and score on.
+
+    Steps: aliases (``data.aliases``) -> record selection (``data.records``, names or globs) ->
+    :func:`compute_splits` (``split``, ``block_len``, ``proportions``, ``valid_records``,
+    ``test_records`` (aliases allowed), ``split_seed``) -> intersect with ``data.regions`` -> subtract
+    ``data.exclude`` -> :func:`check_splits` with ``window_len``.
+
+    Args:
+      genome: anything with ``sizes() -> dict[str, int]`` (:class:`jaxseq.genome.Genome`).
+      data: the ``data`` group of a config.
+
+    Returns:
+      ``{"train": [...], "valid": [...], "test": [...]}`` of :class:`Interval`, disjoint across splits.
+
+    Raises:
+      RegionError: a bad aliases or BED file, or a record name or glob that names nothing (one line
+        naming the setting, file and line).
+      SplitError: settings that leave a split without a window.
+    """
+    sizes = genome.sizes()
+    aliases = _setting("data.aliases", lambda: regions_lib.read_aliases(data.aliases, sizes)) if data.aliases else {}
+    if data.records:
+        chosen = _setting("data.records", lambda: regions_lib.select_records(data.records, sizes, aliases))
+        sizes = {name: sizes[name] for name in chosen}
+    held_out = {}
+    for key in ("valid_records", "test_records"):
+        names = getattr(data, key)
+        held_out[key] = names if isinstance(names, str) else [aliases.get(n, n) for n in names]
+    splits = compute_splits(sizes, strategy=data.split, block_len=data.block_len, proportions=tuple(data.proportions),
+                            seed=data.split_seed, **held_out)
+    restricted = []
+    if data.regions:
+        # Validated against every record: a region on an unselected record is dropped, not an error.
+        kept = _setting("data.regions", lambda: regions_lib.read_bed(data.regions, genome.sizes(), aliases))
+        splits = {split: intersect_intervals(intervals, kept) for split, intervals in splits.items()}
+        restricted.append(f"data.regions={data.regions}")
+    if data.exclude:
+        removed = _setting("data.exclude", lambda: regions_lib.read_bed(data.exclude, genome.sizes(), aliases))
+        splits = {split: subtract_intervals(intervals, removed) for split, intervals in splits.items()}
+        restricted.append(f"data.exclude={data.exclude}")
+    try:
+        check_splits(splits, data.window_len)
+    except SplitError as e:
+        raise SplitError(f"{e} (after {', '.join(restricted)})" if restricted else str(e)) from None
+    return splits
+
+
+def _setting(key: str, read):
+    try:
+        return read()
+    except regions_lib.RegionError as e:
+        raise regions_lib.RegionError(f"{key}: {e}") from None
+
+
+if __name__ == "__main__":
+    from jaxseq.audit import main
+    raise SystemExit(main())

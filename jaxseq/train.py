@@ -271,19 +271,16 @@ def open_data(config: Config) -> Data:
     """Opens the genome (building its token cache once) and computes leak-free splits.
 
     Raises:
-      GenomeError, SplitError: bad FASTA or splits that cannot hold a window; before any compute.
+      GenomeError, SplitError, RegionError: bad FASTA, BED or alias file, or splits that cannot hold
+        a window; before any compute.
     """
     from jaxseq.genome import Genome, default_fasta
-    from jaxseq.splits import check_splits, compute_splits
+    from jaxseq.splits import split_genome
 
     d = config.data
     fasta = Path(d.fasta) if d.fasta else default_fasta()
     genome = Genome.open(fasta, cache_dir=d.cache_dir or None)
-    splits = compute_splits(genome.lengths, strategy=d.split, block_len=d.block_len,
-                            proportions=tuple(d.proportions), valid_records=d.valid_records,
-                            test_records=d.test_records, seed=d.split_seed)
-    check_splits(splits, d.window_len)
-    return Data(genome=genome, splits=splits, fasta=fasta)
+    return Data(genome=genome, splits=split_genome(genome, d), fasta=fasta)
 
 
 def create_train_loader(config: Config, data: Data):
