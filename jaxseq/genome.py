@@ -191,11 +191,13 @@ class Genome:
           KeyError: unknown record (the message lists close names).
           ValueError: coordinates outside ``0 <= start <= end <= length``.
         """
-        return self._tokens[self._check_name(name)][self._span(name, start, end)]
+        whole = self._tokens[self._check_name(name)]
+        return whole if start is None and end is None else whole[self._span(name, start, end)]
 
     def soft_mask(self, name: str, start: int | None = None, end: int | None = None) -> np.ndarray:
         """Returns the soft-mask track of a record (or ``[start, end)``): read-only bool ``(n,)``, True where lowercase."""
-        return self._soft_mask[self._check_name(name)][self._span(name, start, end)]
+        whole = self._soft_mask[self._check_name(name)]
+        return whole if start is None and end is None else whole[self._span(name, start, end)]
 
     def fetch(self, name: str, start: int | None = None, end: int | None = None) -> str:
         """Returns ``[start, end)`` of a record as text, like ``pyfaidx.Fasta(...)[name][start:end]``.

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import http.server
+import json
 import os
 import pickle
 import re
@@ -16,7 +17,7 @@ import numpy as np
 import pyfaidx
 import pytest
 
-from jaxseq import genome, tokens
+from jaxseq import download, fasta, genome, tokens
 from jaxseq.genome import Genome, GenomeError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -154,7 +155,7 @@ def test_crlf_reads_like_lf(tmp_path, cache):
 @pytest.mark.parametrize("block", [7, 64, 1000])
 def test_small_blocks_and_unwrapped_lines_give_the_same_cache(tmp_path, monkeypatch, block):
     """Blocks ending inside lines (including long unwrapped ones and CRLF pairs) are parsed exactly."""
-    monkeypatch.setattr(genome, "BLOCK_BYTES", block)
+    monkeypatch.setattr(fasta, "BLOCK_BYTES", block)
     rng = np.random.default_rng(block)
     for case in range(6):
         nl = "\r\n" if case % 2 else "\n"
@@ -169,7 +170,7 @@ def test_small_blocks_and_unwrapped_lines_give_the_same_cache(tmp_path, monkeypa
 
 def test_long_unwrapped_line_in_small_blocks_matches_normal_build(tmp_path, monkeypatch):
     normal = Genome.open(CHR17, cache_dir=tmp_path / "a")
-    monkeypatch.setattr(genome, "BLOCK_BYTES", 1000)  # the file is a single 40,000-base line
+    monkeypatch.setattr(fasta, "BLOCK_BYTES", 1000)  # the file is a single 40,000-base line
     small = Genome.open(CHR17, cache_dir=tmp_path / "b")
     assert np.array_equal(normal.tokens("chr17"), small.tokens("chr17"))
     assert np.array_equal(normal.soft_mask("chr17"), small.soft_mask("chr17"))
@@ -249,7 +250,7 @@ def test_invalid_characters_name_record_line_and_position(tmp_path, bad, shown):
 
 
 def test_invalid_character_in_a_long_line_split_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(genome, "BLOCK_BYTES", 16)
+    monkeypatch.setattr(fasta, "BLOCK_BYTES", 16)
     text = ">r\n" + "ACGT" * 50 + "\n" + "ACGT" * 20 + "*" + "\n"
     assert fasta_error(tmp_path, text).endswith(
         "record 'r', line 3: invalid character '*' at position 281 (expected A C G T, lowercase, or an IUPAC code)")
@@ -269,7 +270,7 @@ BAD_TEXTS = [
 def test_error_messages_do_not_depend_on_block_boundaries(tmp_path, monkeypatch, text):
     expected = fasta_error(tmp_path, text)
     for block in (1, 3, 16):
-        monkeypatch.setattr(genome, "BLOCK_BYTES", block)
+        monkeypatch.setattr(fasta, "BLOCK_BYTES", block)
         assert fasta_error(tmp_path, text) == expected
 
 
@@ -302,12 +303,12 @@ def test_cache_is_reused_without_pyfaidx_and_pyfaidx_checks_the_build(tmp_path, 
     monkeypatch.setattr(pyfaidx, "Fasta", spy)
     path = write(tmp_path / "g.fa", ">r\nACGTNacgt\n")
     g = Genome.open(path, cache_dir=cache)
-    assert len(calls) == 1 and Path(calls[0]).parent.parent == cache / "genome-v1"  # index kept in the cache
+    assert len(calls) == 1 and Path(calls[0]).parent.parent == cache / "genome-v2"  # index kept in the cache
     assert (g.cache_path / "index.fai").read_text() == "r\t9\t3\t9\t10\n"
     monkeypatch.setattr(genome, "_build", lambda *a: pytest.fail("cache should be reused"))
     again = Genome.open(path, cache_dir=cache)
     assert len(calls) == 1 and again.cache_path == g.cache_path
-    assert sorted(os.listdir(cache / "genome-v1")) == [g.content_hash]  # no temporary folders left
+    assert sorted(os.listdir(cache / "genome-v2")) == [g.content_hash]  # no temporary folders left
     assert g.content_hash == genome.hash_file(path) == hashlib.blake2b(path.read_bytes(), digest_size=20).hexdigest()
 
 
@@ -344,19 +345,19 @@ def test_read_only_fasta_folder_gets_nothing_written(tmp_path, cache):
 def test_failed_build_leaves_no_cache_and_next_open_builds(tmp_path, cache, monkeypatch):
     path = write(tmp_path / "g.fa", ">r\nACGT\n")
 
-    def killed(*args):
+    def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(genome, "_check_with_pyfaidx", killed)
+    monkeypatch.setattr(fasta, "check_with_pyfaidx", killed)
     with pytest.raises(KeyboardInterrupt):
         Genome.open(path, cache_dir=cache)
-    assert os.listdir(cache / "genome-v1") == []
+    assert os.listdir(cache / "genome-v2") == []
     monkeypatch.undo()
     assert tokens.decode(Genome.open(path, cache_dir=cache).tokens("r")) == "ACGT"
 
 
 def test_leftover_build_of_a_dead_process_is_removed(tmp_path, cache):
-    leftover = cache / "genome-v1" / ".tmp-0123456789ab-999999999-xyz"
+    leftover = cache / "genome-v2" / ".tmp-0123456789ab-999999999-xyz"
     leftover.mkdir(parents=True)
     (leftover / "tokens.u8").write_bytes(b"\x00" * 10)
     Genome.open(write(tmp_path / "g.fa", ">r\nACGT\n"), cache_dir=cache)
@@ -370,11 +371,97 @@ def test_damaged_cache_is_rebuilt(tmp_path, cache):
     assert tokens.decode(Genome.open(path, cache_dir=cache).tokens("r")) == "ACGTACGT"
 
 
+@pytest.fixture(scope="module")
+def chr17_cache(tmp_path_factory):
+    """One built cache of the chr17 excerpt; each corruption test works on its own copy."""
+    root = tmp_path_factory.mktemp("chr17cache")
+    g = Genome.open(CHR17, cache_dir=root)
+    return root, g.cache_path.name, {n: g.fetch(n) for n in g.names}
+
+
+@pytest.fixture
+def chr17_copy(chr17_cache, tmp_path):
+    root, key, text = chr17_cache
+    shutil.copytree(root, tmp_path / "c")
+    return tmp_path / "c", tmp_path / "c" / "genome-v2" / key, text
+
+
+def _damage_xor_two_bytes(folder):
+    data = bytearray((folder / "tokens.u8").read_bytes())
+    data[100] = 200  # the issue's case: token 200 where the FASTA says C
+    data[30_000] ^= 1
+    (folder / "tokens.u8").write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, why", [
+    (_damage_xor_two_bytes, "tokens.u8, record 'chr17': checksum mismatch (holds the value 200)"),
+    (lambda f: (f / "tokens.u8").write_bytes(b"\x07" * (f / "tokens.u8").stat().st_size),
+     "tokens.u8, record 'chr17': checksum mismatch (holds the value 7)"),
+    (lambda f: (f / "soft_mask.u8").write_bytes(b"\x01" * (f / "soft_mask.u8").stat().st_size),
+     "soft_mask.u8, record 'chr17': checksum mismatch"),
+    (lambda f: os.truncate(f / "tokens.u8", 1000), "tokens.u8 has 1,000 bytes, expected"),
+    (lambda f: os.truncate(f / "soft_mask.u8", 0), "soft_mask.u8 has 0 bytes, expected"),
+    (lambda f: os.truncate(f / "meta.json", 50), "unreadable: JSONDecodeError"),
+    (lambda f: (f / "tokens.u8").unlink(), "tokens.u8 is missing"),
+])
+def test_corrupted_cache_is_rebuilt_with_a_message(chr17_copy, capsys, damage, why):
+    root, folder, text = chr17_copy
+    damage(folder)
+    g = Genome.open(CHR17, cache_dir=root)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"warning: token cache {folder} failed verification (") and why in err
+    assert err.endswith(f"rebuilding it from {CHR17}") and "\n" not in err
+    assert {n: g.fetch(n) for n in g.names} == text  # the FASTA's bases again, never a 200 or a 7
+    assert int(np.max(g.tokens("chr17"))) <= 4
+    assert Genome.open(CHR17, cache_dir=root).cache_path == folder and capsys.readouterr().err == ""
+
+
+def test_consistent_but_wrong_meta_is_rebuilt(chr17_copy, capsys):
+    root, folder, text = chr17_copy
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["records"][0]["length"] -= 1  # shorter record: sizes no longer add up
+    (folder / "meta.json").write_text(json.dumps(meta))
+    assert Genome.open(CHR17, cache_dir=root).fetch("chr17") == text["chr17"]
+    assert "meta.json fingerprint does not match its records" in capsys.readouterr().err
+
+
+def test_fingerprint_is_the_content_not_the_file(tmp_path, cache):
+    seq = random_seq(np.random.default_rng(0), 500)
+    plain = Genome.open(write(tmp_path / "a.fa", ">r\n" + wrap(seq, 60)), cache_dir=cache)
+    gz = Genome.open(write(tmp_path / "b.fa.gz", gzip.compress((">r desc\n" + wrap(seq, 70, "\r\n")).encode())),
+                     cache_dir=cache)
+    assert plain.content_hash != gz.content_hash and plain.fingerprint == gz.fingerprint
+    assert re.fullmatch(r"[0-9a-f]{40}", plain.fingerprint)
+    changed = seq[:100] + ("A" if seq[100] != "A" else "C") + seq[101:]  # same names and lengths
+    other = Genome.open(write(tmp_path / "c.fa", ">r\n" + wrap(changed, 60)), cache_dir=cache)
+    renamed = Genome.open(write(tmp_path / "d.fa", ">s\n" + wrap(seq, 60)), cache_dir=cache)
+    assert len({plain.fingerprint, other.fingerprint, renamed.fingerprint}) == 3
+
+
+def test_pyfaidx_checks_an_excerpt_of_gzip_input_without_a_full_copy(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(fasta, "PYFAIDX_EXCERPT_BYTES", 1000)
+    checked, real = [], fasta.check_with_pyfaidx
+
+    def spy(*args, **kwargs):
+        checked.append((Path(args[1]).stat().st_size, kwargs.get("text_size"), real(*args, **kwargs)))
+        return checked[-1][2]
+
+    monkeypatch.setattr(fasta, "check_with_pyfaidx", spy)
+    rng = np.random.default_rng(5)
+    records = {"a": random_seq(rng, 500), "b": random_seq(rng, 3000), "c": random_seq(rng, 50)}
+    text = "".join(f">{n}\n" + wrap(s, 60) for n, s in records.items())
+    g = Genome.open(write(tmp_path / "g.fa.gz", gzip.compress(text.encode())), cache_dir=cache)
+    assert_matches_text(g, records)
+    # 1000 bytes of text: all of 'a' (500 bases + 9 newlines + header) and 7 full lines of 'b'
+    assert checked == [(1000, 1000, 500 + 7 * 60)]
+    assert sorted(os.listdir(g.cache_path)) == ["meta.json", "soft_mask.u8", "tokens.u8"]
+
+
 def test_default_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXSEQ_CACHE_DIR", str(tmp_path / "envcache"))
     assert genome.default_cache_dir() == tmp_path / "envcache"
     g = Genome.open(write(tmp_path / "g.fa", ">r\nACGT\n"))
-    assert g.cache_path.parent == tmp_path / "envcache" / "genome-v1"
+    assert g.cache_path.parent == tmp_path / "envcache" / "genome-v2"
     monkeypatch.delenv("JAXSEQ_CACHE_DIR")
     assert genome.default_cache_dir() == Path.home() / ".cache" / "jaxseq"
 
@@ -396,7 +483,7 @@ def test_cli_prepare_and_info(tmp_path, cache, capsys):
     assert genome.main(["info", str(path), "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
     assert "20.00%" in out and "100.00%" in out and str(cache) in out
-    assert genome.main(["prepare", str(tmp_path / "missing.fa"), "--cache-dir", str(cache)]) == 1
+    assert genome.main(["prepare", str(tmp_path / "missing.fa"), "--cache-dir", str(cache)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.fa'}: FASTA file not found"
 
 
@@ -481,7 +568,7 @@ def md5(data: bytes) -> str:
 def test_interrupted_download_resumes_automatically(server, small_fasta_gz, tmp_path):
     server.files["g.fa.gz"] = small_fasta_gz
     server.drop_after = 5000
-    path = genome.download(server.url("g.fa.gz"), tmp_path / "dl", md5=md5(small_fasta_gz), retries=2, **FAST)
+    path = download.download(server.url("g.fa.gz"), tmp_path / "dl", md5=md5(small_fasta_gz), retries=2, **FAST)
     assert path == tmp_path / "dl" / "g.fa.gz" and path.read_bytes() == small_fasta_gz
     assert server.requests == [("/g.fa.gz", None), ("/g.fa.gz", "bytes=5000-")]
     assert os.listdir(tmp_path / "dl") == ["g.fa.gz"]
@@ -492,22 +579,22 @@ def test_interrupted_download_resumes_on_second_call(server, small_fasta_gz, tmp
     server.drop_after = 17000
     url = server.url("g.fa.gz")
     kept = r"failed after 1 attempt\(s\).*partial data kept in .*g\.fa\.gz\.part"
-    with pytest.raises(genome.DownloadError, match=kept):
-        genome.download(url, tmp_path, md5=md5(small_fasta_gz), retries=0, **FAST)
+    with pytest.raises(download.DownloadError, match=kept):
+        download.download(url, tmp_path, md5=md5(small_fasta_gz), retries=0, **FAST)
     assert (tmp_path / "g.fa.gz.part").stat().st_size == 17000 and not (tmp_path / "g.fa.gz").exists()
-    path = genome.download(url, tmp_path, md5=md5(small_fasta_gz), retries=0, **FAST)
+    path = download.download(url, tmp_path, md5=md5(small_fasta_gz), retries=0, **FAST)
     assert path.read_bytes() == small_fasta_gz and server.requests[-1] == ("/g.fa.gz", "bytes=17000-")
     assert not (tmp_path / "g.fa.gz.part").exists()
     # already there and verified: no new request
     n = len(server.requests)
-    assert genome.download(url, tmp_path, md5=md5(small_fasta_gz), **FAST) == path and len(server.requests) == n
+    assert download.download(url, tmp_path, md5=md5(small_fasta_gz), **FAST) == path and len(server.requests) == n
 
 
 def test_checksum_mismatch_is_refused_and_leaves_nothing(server, small_fasta_gz, tmp_path):
     server.files["g.fa.gz"] = small_fasta_gz
     refused = rf"md5 mismatch \(expected {'0' * 32}, got {md5(small_fasta_gz)}\); deleted .*g\.fa\.gz\.part$"
-    with pytest.raises(genome.DownloadError, match=refused):
-        genome.download(server.url("g.fa.gz"), tmp_path / "dl", md5="0" * 32, **FAST)
+    with pytest.raises(download.DownloadError, match=refused):
+        download.download(server.url("g.fa.gz"), tmp_path / "dl", md5="0" * 32, **FAST)
     assert os.listdir(tmp_path / "dl") == []
 
 
@@ -515,39 +602,39 @@ def test_server_ignoring_range_restarts_from_zero(server, small_fasta_gz, tmp_pa
     server.files["g.fa.gz"] = small_fasta_gz
     (tmp_path / "g.fa.gz.part").write_bytes(small_fasta_gz[:100])
     server.ignore_range = True
-    path = genome.download(server.url("g.fa.gz"), tmp_path, md5=md5(small_fasta_gz), **FAST)
+    path = download.download(server.url("g.fa.gz"), tmp_path, md5=md5(small_fasta_gz), **FAST)
     assert path.read_bytes() == small_fasta_gz
 
 
 def test_complete_part_file_is_verified_after_416(server, small_fasta_gz, tmp_path):
     server.files["g.fa.gz"] = small_fasta_gz
     (tmp_path / "g.fa.gz.part").write_bytes(small_fasta_gz)
-    path = genome.download(server.url("g.fa.gz"), tmp_path, md5=md5(small_fasta_gz), **FAST)
+    path = download.download(server.url("g.fa.gz"), tmp_path, md5=md5(small_fasta_gz), **FAST)
     assert path.read_bytes() == small_fasta_gz and server.requests == [("/g.fa.gz", f"bytes={len(small_fasta_gz)}-")]
 
 
 def test_http_404_is_not_retried(server, tmp_path):
-    with pytest.raises(genome.DownloadError, match="HTTP 404"):
-        genome.download(server.url("missing.fa.gz"), tmp_path, md5="0" * 32, retries=3, **FAST)
+    with pytest.raises(download.DownloadError, match="HTTP 404"):
+        download.download(server.url("missing.fa.gz"), tmp_path, md5="0" * 32, retries=3, **FAST)
     assert len(server.requests) == 1
 
 
-def test_preset_reads_md5_listing_downloads_and_prepares(server, small_fasta_gz, tmp_path):
+def test_preset_reads_md5_listing_and_downloads(server, small_fasta_gz, tmp_path):
     server.files["asm_genomic.fna.gz"] = small_fasta_gz
     server.files["md5checksums.txt"] = (f"{'1' * 32}  ./asm_assembly_report.txt\n"
                                         f"{md5(small_fasta_gz)}  ./asm_genomic.fna.gz\n").encode()
-    preset = genome.DownloadPreset(url=server.url("asm_genomic.fna.gz"), md5_url=server.url("md5checksums.txt"),
+    preset = download.DownloadPreset(url=server.url("asm_genomic.fna.gz"), md5_url=server.url("md5checksums.txt"),
                                    description="test")
-    path = genome.download_preset(preset, tmp_path / "dl", cache_dir=tmp_path / "cache", **FAST)
-    assert path.read_bytes() == small_fasta_gz
+    path = download.download_preset(preset, tmp_path / "dl", **FAST)
+    assert path.read_bytes() == small_fasta_gz and not Path(f"{path}.aliases.tsv").exists()
     g = Genome.open(path, cache_dir=tmp_path / "cache")
     assert g.lengths == {"dl1": 200_000}
-    with pytest.raises(genome.DownloadError, match="no md5 listed for other.fna.gz"):
-        genome.fetch_md5(server.url("md5checksums.txt"), "other.fna.gz", timeout=5)
+    with pytest.raises(download.DownloadError, match="no md5 listed for other.fna.gz"):
+        download.fetch_md5(server.url("md5checksums.txt"), "other.fna.gz", timeout=5)
 
 
 def test_grch38_preset_points_at_ncbi_p13_assembly():
-    preset = genome.PRESETS["grch38-p13"]
+    preset = download.PRESETS["grch38-p13"]
     folder = "https://ftp.ncbi.nlm.nih.gov/genomes/all/GCF/000/001/405/GCF_000001405.39_GRCh38.p13/"
     assert preset.url == folder + "GCF_000001405.39_GRCh38.p13_genomic.fna.gz"
     assert preset.md5_url == folder + "md5checksums.txt"
@@ -559,6 +646,6 @@ def test_cli_download_url(server, small_fasta_gz, tmp_path, capsys, monkeypatch)
             "--cache-dir", str(tmp_path / "cache")]
     assert genome.main(argv) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "dl" / "g.fa.gz")
-    assert len(os.listdir(tmp_path / "cache" / "genome-v1")) == 1
-    assert genome.main(argv[:4] + ["0" * 32] + argv[5:7]) == 1  # wrong md5, nothing written
+    assert len(os.listdir(tmp_path / "cache" / "genome-v2")) == 1
+    assert genome.main(argv[:4] + ["0" * 32] + argv[5:7]) == 2  # wrong md5, nothing written
     assert "md5" in capsys.readouterr().err
