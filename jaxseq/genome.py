@@ -585,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path = download_preset(args.preset, args.dest, all_records=args.all_records, progress=progress,
                                    retries=args.retries)
-            print(f"record aliases (use as data.aliases): {path}.aliases.tsv", file=sys.stderr)
+            if Path(f"{path}.aliases.tsv").exists():
+                print(f"record aliases (use as data.aliases): {path}.aliases.tsv", file=sys.stderr)
         if not args.no_prepare:
             prepare(path, cache_dir=args.cache_dir, progress=progress)
         print(path)

@@ -17,7 +17,7 @@ import numpy as np
 import pyfaidx
 import pytest
 
-from jaxseq import download, fasta, genome, tokens
+from jaxseq import download, fasta, genome, regions, tokens
 from jaxseq.genome import Genome, GenomeError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -226,6 +226,35 @@ def test_inconsistent_line_lengths(tmp_path):
     # each record has its own width, and the last line may be shorter
     g = Genome.open(write(tmp_path / "ok.fa", ">r\nACGT\nAC\n\n\n\n>s\nACGTACGT\nA\n"), cache_dir=tmp_path / "c2")
     assert g.lengths == {"r": 6, "s": 9}
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path, cache):
+    g = Genome.open(write(tmp_path / "bom.fa", b"\xef\xbb\xbf>r\nACGT\nAC\n"), cache_dir=cache)
+    assert g.fetch("r") == "ACGTAC"
+    assert (g.cache_path / "index.fai").read_text() == "r\t6\t6\t4\t5\n"  # offsets count the 3 BOM bytes
+    gz = Genome.open(write(tmp_path / "bom.fa.gz", gzip.compress(b"\xef\xbb\xbf>r\nACGT\nAC\n")), cache_dir=cache)
+    assert gz.fingerprint == g.fingerprint
+
+
+@pytest.mark.parametrize("text, line, record", [
+    (";old-style comment\n>r\nACGT\n", 1, None),
+    (">r\n;comment\nACGT\n", 2, "r"),
+    (">r\nACGT\nACGT\n;comment\nACGT\n", 4, "r"),
+    (">r\nACGT\nAC\n;comment\n>s\nA\n", 4, "r"),
+])
+def test_semicolon_comment_lines_are_reported_as_comments(tmp_path, text, line, record):
+    where = f"record 'r', line {line}" if record else f"line {line}"
+    assert fasta_error(tmp_path, text).endswith(f"bad.fa, {where}: comment line starting with ';' (old FASTA "
+                                                "comments are not accepted: they break the fixed line layout "
+                                                "that indexes rely on; delete the line)")
+
+
+@pytest.mark.parametrize("block", [3, 7])
+def test_comment_error_does_not_depend_on_block_boundaries(tmp_path, monkeypatch, block):
+    text = ">r\nACGT\nACGT\n;c\n"
+    expected = fasta_error(tmp_path, text)
+    monkeypatch.setattr(fasta, "BLOCK_BYTES", block)
+    assert fasta_error(tmp_path, text, name="bad.fa") == expected
 
 
 def test_cr_only_line_endings(tmp_path):
@@ -475,6 +504,35 @@ def test_pickle_remaps_instead_of_copying(cache):
     assert np.array_equal(clone.tokens(clone.names[0]), g.tokens(g.names[0]))
 
 
+def test_pyfaidx_like_access(tmp_path, cache):
+    text = {"chr1": "ACGTacgtNNACGTRY", "chr2": "ggccAT"}
+    g = Genome.open(write(tmp_path / "g.fa", "".join(f">{n}\n{wrap(s, 5)}" for n, s in text.items())), cache_dir=cache)
+    with pyfaidx.Fasta(str(tmp_path / "g.fa"), indexname=str(tmp_path / "x.fai"), as_raw=True,
+                       sequence_always_upper=False) as ref:
+        for a, b in [(0, 16), (3, 9), (15, 16), (7, 7)]:
+            assert g.fetch("chr1", a, b) == ref["chr1"][a:b].replace("R", "N").replace("Y", "N")
+            assert g["chr1"][a:b] == g.fetch("chr1", a, b)
+    assert g["chr2"][-2:] == "AT" and g["chr2"][:] == "ggccAT" and len(g["chr1"]) == 16
+    t = g.tokens("chr1", 2, 6)
+    assert t.dtype == np.uint8 and t.shape == (4,) and not t.flags.writeable and t.tolist() == [2, 3, 0, 1]
+    assert g.soft_mask("chr1", 2, 6).tolist() == [False, False, True, True]
+    assert g.sizes() == {"chr1": 16, "chr2": 6} and list(g.sizes()) == ["chr1", "chr2"]
+    assert "chr1" in g and "chr3" not in g
+    with pytest.raises(KeyError, match=r"no record named 'chr3' \(close names: chr2, chr1\)"):
+        g.fetch("chr3", 0, 1)
+    for a, b in [(-1, 2), (5, 4), (0, 17)]:
+        with pytest.raises(ValueError, match=rf"record 'chr1': \[{a}, {b}\) is outside \[0, 16\)"):
+            g.fetch("chr1", a, b)
+
+
+def test_cli_sizes_prints_only_chrom_sizes(tmp_path, cache, capfd):
+    path = write(tmp_path / "g.fa", ">a desc\nACGTN\n>b\nacgt\n")
+    assert genome.main(["sizes", str(path), "--cache-dir", str(cache)]) == 0
+    assert capfd.readouterr().out == "a\t5\nb\t4\n"
+    assert genome.main(["sizes", str(path), "--cache-dir", str(cache)]) == 0  # cached: still nothing else
+    assert capfd.readouterr().out == "a\t5\nb\t4\n"
+
+
 def test_cli_prepare_and_info(tmp_path, cache, capsys):
     path = write(tmp_path / "g.fa", ">a\nACGTN\n>b\nacgt\n")
     assert genome.main(["prepare", str(path), "--cache-dir", str(cache)]) == 0
@@ -633,11 +691,80 @@ def test_preset_reads_md5_listing_and_downloads(server, small_fasta_gz, tmp_path
         download.fetch_md5(server.url("md5checksums.txt"), "other.fna.gz", timeout=5)
 
 
+REPORT_ROWS = [  # a GRCh38.p13-shaped assembly report: name, role, molecule, type, GenBank, rel, RefSeq, unit, length, UCSC
+    ("1", "assembled-molecule", "1", "Chromosome", "CM000663.2", "=", "NC_000001.11", "Primary Assembly", 300, "chr1"),
+    ("HSCHR1_CTG1_UNLOCALIZED", "unlocalized-scaffold", "1", "Chromosome", "KI270706.1", "=", "NT_187361.1",
+     "Primary Assembly", 120, "chr1_KI270706v1_random"),
+    ("HSCHR1_1_CTG3", "alt-scaffold", "1", "Chromosome", "KI270762.1", "=", "NT_187515.1", "ALT_REF_LOCI_1", 90,
+     "chr1_KI270762v1_alt"),
+    ("HG986_PATCH", "fix-patch", "1", "Chromosome", "KN196472.1", "=", "NW_009646194.1", "PATCHES", 80, "chr1_KN196472v1_fix"),
+    ("MT", "assembled-molecule", "MT", "Mitochondrion", "J01415.2", "<>", "NC_012920.1", "non-nuclear", 70, "chrM"),
+]
+
+
+@pytest.fixture
+def assembly(server):
+    """Serves asm_genomic.fna.gz (the report's five records), its report and md5 listing."""
+    rng = np.random.default_rng(11)
+    seqs = {row[6]: random_seq(rng, row[8], "ACGTacgt") for row in REPORT_ROWS}
+    fna = gzip.compress("".join(f">{acc} Homo sapiens {row[0]}\n{wrap(seqs[acc], 60)}"
+                                for row, acc in zip(REPORT_ROWS, seqs)).encode())
+    report = ("# Assembly name:  GRCh38.p13\r\n# Sequence-Name\tSequence-Role\tAssigned-Molecule\t"
+              "Assigned-Molecule-Location/Type\tGenBank-Accn\tRelationship\tRefSeq-Accn\tAssembly-Unit\t"
+              "Sequence-Length\tUCSC-style-name\r\n" + "".join("\t".join(map(str, r)) + "\r\n" for r in REPORT_ROWS)).encode()
+    server.files.update({"asm_genomic.fna.gz": fna, "asm_assembly_report.txt": report,
+                         "md5checksums.txt": f"{md5(fna)}  ./asm_genomic.fna.gz\n{md5(report)}  ./asm_assembly_report.txt\n".encode()})
+    preset = download.DownloadPreset(url=server.url("asm_genomic.fna.gz"), md5_url=server.url("md5checksums.txt"),
+                                     description="test", report_url=server.url("asm_assembly_report.txt"))
+    return preset, seqs
+
+
+def test_preset_with_report_keeps_assembled_molecules_under_ucsc_names(assembly, tmp_path, cache):
+    preset, seqs = assembly
+    path = download.download_preset(preset, tmp_path / "dl", **FAST)
+    assert path == tmp_path / "dl" / "asm.primary.fa.gz"
+    assert sorted(os.listdir(tmp_path / "dl")) == ["asm.primary.fa.gz", "asm.primary.fa.gz.aliases.tsv",
+                                                   "asm_assembly_report.txt", "asm_genomic.fna.gz"]
+    g = Genome.open(path, cache_dir=cache)
+    assert g.names == ["chr1", "chrM"]  # no random/alt/patch records
+    assert g.fetch("chr1") == seqs["NC_000001.11"] and g.fetch("chrM") == seqs["NC_012920.1"]
+    aliases = regions.read_aliases(f"{path}.aliases.tsv", g.names)
+    assert aliases == {"NC_000001.11": "chr1", "CM000663.2": "chr1", "1": "chr1",
+                       "NC_012920.1": "chrM", "J01415.2": "chrM", "MT": "chrM"}
+    assert regions.read_aliases(tmp_path / "dl" / "asm_assembly_report.txt", g.names) == aliases
+    bed = write(tmp_path / "r.bed", "1\t0\t10\nNC_000001.11\t5\t20\tx\nchrM\t0\t70\n")
+    assert regions.read_bed(bed, g.sizes(), aliases) == [("chr1", 0, 10, ""), ("chr1", 5, 20, "x"), ("chrM", 0, 70, "")]
+    with pytest.raises(regions.RegionError, match=r"line 1: unknown record 'chr1_KI270762v1_alt'"):
+        regions.read_bed(write(tmp_path / "alt.bed", "chr1_KI270762v1_alt\t0\t1\n"), g.sizes(), aliases)
+
+
+def test_preset_all_records_keeps_the_download_and_aliases_it(assembly, tmp_path, cache):
+    preset, seqs = assembly
+    path = download.download_preset(preset, tmp_path / "dl", all_records=True, **FAST)
+    assert path == tmp_path / "dl" / "asm_genomic.fna.gz"
+    g = Genome.open(path, cache_dir=cache)
+    assert g.names == list(seqs)
+    aliases = regions.read_aliases(f"{path}.aliases.tsv", g.names)
+    assert aliases["chr1"] == aliases["1"] == "NC_000001.11" and aliases["chr1_KI270762v1_alt"] == "NT_187515.1"
+    assert regions.select_records(["chr1", "chrM"], g.sizes(), aliases) == ["NC_000001.11", "NC_012920.1"]
+
+
+def test_cli_download_preset_prints_the_fasta(assembly, tmp_path, capsys, monkeypatch):
+    preset, _ = assembly
+    monkeypatch.setitem(download.PRESETS, "grch38-p13", preset)
+    argv = ["download", "grch38-p13", "--dest", str(tmp_path / "dl"), "--cache-dir", str(tmp_path / "cache")]
+    assert genome.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{tmp_path / 'dl' / 'asm.primary.fa.gz'}\n"
+    assert f"record aliases (use as data.aliases): {tmp_path / 'dl' / 'asm.primary.fa.gz'}.aliases.tsv" in err
+
+
 def test_grch38_preset_points_at_ncbi_p13_assembly():
     preset = download.PRESETS["grch38-p13"]
     folder = "https://ftp.ncbi.nlm.nih.gov/genomes/all/GCF/000/001/405/GCF_000001405.39_GRCh38.p13/"
     assert preset.url == folder + "GCF_000001405.39_GRCh38.p13_genomic.fna.gz"
     assert preset.md5_url == folder + "md5checksums.txt"
+    assert preset.report_url == folder + "GCF_000001405.39_GRCh38.p13_assembly_report.txt"
 
 
 def test_cli_download_url(server, small_fasta_gz, tmp_path, capsys, monkeypatch):
