@@ -1,12 +1,19 @@
 """Tests for jaxseq.splits: disjoint, leak-free intervals and one-line SplitErrors."""
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jaxseq.config import DataConfig
+from jaxseq.genome import Genome, default_fasta
 from jaxseq.loader import LoaderError, TrainLoader, eval_batches
-from jaxseq.splits import SPLITS, Interval, SplitError, check_splits, compute_splits
+from jaxseq.regions import RegionError
+from jaxseq.splits import (SPLITS, Interval, SplitError, check_splits, compute_splits, intersect_intervals,
+                           split_genome, subtract_intervals)
 
 
 def _coverage(lengths, intervals):
@@ -76,13 +83,48 @@ def windowed_genomes(draw):
     max_n_fraction = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
     seed = draw(st.integers(0, 1000))
     n_density = draw(st.sampled_from([0.0, 0.01, 0.2]))
-    return lengths, block_len, window_len, stride, max_n_fraction, seed, n_density
+    restrict = draw(restrictions(lengths))
+    return lengths, block_len, window_len, stride, max_n_fraction, seed, n_density, restrict
+
+
+@st.composite
+def restrictions(draw, lengths):
+    """data.records / data.regions / data.exclude: each absent or a random selection or BED."""
+    def bed(draw_count):
+        spans = []
+        for _ in range(draw_count):
+            name = draw(st.sampled_from(list(lengths)))
+            start = draw(st.integers(0, lengths[name]))
+            spans.append((name, start, draw(st.integers(start, lengths[name]))))
+        return spans  # unsorted, overlapping and zero-length spans included
+
+    records = draw(st.one_of(st.none(), st.lists(st.sampled_from(list(lengths)), min_size=1, unique=True)))
+    regions = bed(draw(st.integers(1, 6))) if draw(st.booleans()) else None
+    exclude = bed(draw(st.integers(1, 6))) if draw(st.booleans()) else None
+    return records, regions, exclude
+
+
+@pytest.fixture(scope="module")
+def bed_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("beds")
+
+
+def _split_with(lengths, restrict, folder, **settings):
+    """split_genome on a genome of ``lengths`` with the drawn restrictions written as BED files."""
+    records, regions, exclude = restrict
+    paths = {}
+    for key, spans in (("regions", regions), ("exclude", exclude)):
+        if spans is not None:
+            paths[key] = str(folder / f"{key}.bed")
+            Path(paths[key]).write_text("".join(f"{n}\t{a}\t{b}\n" for n, a, b in spans))
+    data = DataConfig(records=list(records or []), **paths, **settings)
+    return split_genome(SimpleNamespace(sizes=lambda: dict(lengths)), data)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(windowed_genomes())
-def test_windows_of_different_splits_never_share_a_base(case):
-    lengths, block_len, window_len, stride, max_n_fraction, seed, n_density = case
+def test_windows_of_different_splits_never_share_a_base(bed_dir, case):
+    lengths, block_len, window_len, stride, max_n_fraction, seed, n_density, restrict = case
     rng = np.random.default_rng(seed)
     tokens = {}
     for name, length in lengths.items():
@@ -90,8 +132,8 @@ def test_windows_of_different_splits_never_share_a_base(case):
         seq[rng.random(length) < n_density] = 4
         tokens[name] = seq
     try:
-        splits = compute_splits(lengths, block_len=block_len, proportions=(0.6, 0.2, 0.2), seed=seed)
-        check_splits(splits, window_len)
+        splits = _split_with(lengths, restrict, bed_dir, block_len=block_len, proportions=[0.6, 0.2, 0.2],
+                             split_seed=seed, window_len=window_len)
     except SplitError:
         return
     windows_of = {}
@@ -116,6 +158,7 @@ def test_windows_of_different_splits_never_share_a_base(case):
         # Each window lies wholly inside one interval of its own split.
         for record, start, end in windows_of[split]:
             assert any(i.record == record and i.start <= start and end <= i.end for i in intervals)
+        _assert_restricted(windows_of[split], restrict)
 
     covered = {split: _coverage(lengths, windows) for split, windows in windows_of.items()}
     present = list(covered)
@@ -123,6 +166,22 @@ def test_windows_of_different_splits_never_share_a_base(case):
         for b in present[i + 1 :]:
             for name in lengths:
                 assert not (covered[a][name] & covered[b][name]).any(), (a, b, name)
+
+
+def _assert_restricted(windows, restrict):
+    records, regions, exclude = restrict
+    for record, start, end in windows:
+        assert records is None or record in records
+        # wholly inside one region (regions are merged first, so overlapping regions count as one)
+        if regions is not None:
+            inside = np.zeros(end, dtype=bool)
+            for n, a, b in regions:
+                if n == record:
+                    inside[a:min(b, end)] = True
+            assert inside[start:end].all()
+        # shares no base with an excluded interval (a zero-length one holds no base)
+        if exclude is not None:
+            assert not any(n == record and a < b and a < end and start < b for n, a, b in exclude)
 
 
 def test_blocks_are_deterministic_for_a_seed_and_differ_across_seeds():
@@ -222,3 +281,56 @@ def test_check_splits_accepts_windows_that_fit():
     check_splits(splits, window_len=100)
     with pytest.raises(SplitError, match="no interval of at least window_len"):
         check_splits(splits, window_len=5000)
+
+
+def test_subtract_and_intersect_intervals():
+    intervals = [Interval("a", 0, 100), Interval("b", 10, 20), Interval("a", 200, 300)]
+    cut = [("a", 50, 60), ("a", 55, 70), ("a", 90, 210), ("b", 15, 15), ("c", 0, 5), ("a", 299, 400)]
+    assert subtract_intervals(intervals, cut) == [
+        Interval("a", 0, 50), Interval("a", 70, 90), Interval("b", 10, 20), Interval("a", 210, 299)]
+    assert intersect_intervals(intervals, cut) == [
+        Interval("a", 50, 70), Interval("a", 90, 100), Interval("a", 200, 210), Interval("a", 299, 300)]
+    assert subtract_intervals(intervals, []) == intervals and intersect_intervals(intervals, []) == []
+
+
+def test_split_genome_applies_records_regions_exclude_and_aliases(tmp_path):
+    genome = SimpleNamespace(sizes=lambda: {"chr1": 1000, "chr2": 800, "chrM": 100})
+    (tmp_path / "aliases.tsv").write_text("chr1\t1\nchr2\t2\nchrM\tMT\n")
+    (tmp_path / "regions.bed").write_text("1\t0\t600\nchr2\t100\t700\nMT\t0\t100\n")
+    (tmp_path / "exclude.bed").write_text("chr1\t200\t250\n")
+    files = dict(aliases=str(tmp_path / "aliases.tsv"), regions=str(tmp_path / "regions.bed"),
+                 exclude=str(tmp_path / "exclude.bed"))
+    data = DataConfig(split="records", valid_records=["2"], test_records=["MT"], records=["chr*"], window_len=50, **files)
+    assert split_genome(genome, data) == {"train": [Interval("chr1", 0, 200), Interval("chr1", 250, 600)],
+                                          "valid": [Interval("chr2", 100, 700)], "test": [Interval("chrM", 0, 100)]}
+    data.records = ["1", "2"]  # chrM not selected: it cannot be held out
+    with pytest.raises(SplitError, match=r"test_records names unknown record\(s\) \['chrM'\]"):
+        split_genome(genome, data)
+    (tmp_path / "regions.bed").write_text("chr2\t0\t800\nchrM\t0\t100\n")
+    data.records = []
+    with pytest.raises(SplitError, match=r"split 'train' is empty: .* \(after data.regions=.*regions.bed, "
+                                         r"data.exclude=.*exclude.bed\)$"):
+        split_genome(genome, data)
+
+
+@pytest.mark.parametrize("key, text, message", [
+    ("regions", "chr1\t0\t200000\n", r"data.regions: .*r.bed, line 1: end 200000 is past the end of record 'chr1'"),
+    ("exclude", "chrX\t0\t1\n", r"data.exclude: .*r.bed, line 1: unknown record 'chrX'"),
+    ("aliases", "chr1\t1\textra\n", r"data.aliases: .*r.bed, line 1: expected two columns"),
+])
+def test_split_genome_bad_files_name_the_setting(tmp_path, key, text, message):
+    (tmp_path / "r.bed").write_text(text)
+    with pytest.raises(RegionError, match=message) as info:
+        split_genome(SimpleNamespace(sizes=lambda: {"chr1": 100_000}), DataConfig(**{key: str(tmp_path / "r.bed")}))
+    assert "\n" not in str(info.value)
+
+
+def test_split_genome_on_the_bundled_genome_matches_compute_splits(tmp_path):
+    genome = Genome.open(default_fasta(), cache_dir=tmp_path / "cache")
+    data = DataConfig()
+    expected = compute_splits(genome.lengths, block_len=data.block_len, proportions=tuple(data.proportions), seed=0)
+    assert split_genome(genome, data) == expected
+    (tmp_path / "ex.bed").write_text(f"{genome.names[0]}\t0\t10000\n")
+    restricted = split_genome(genome, DataConfig(exclude=str(tmp_path / "ex.bed")))
+    assert restricted == {s: subtract_intervals(expected[s], [(genome.names[0], 0, 10000)]) for s in SPLITS}
+    assert min(i.start for s in SPLITS for i in restricted[s]) == 10000
