@@ -94,7 +94,7 @@ class FastaRecord:
     line_bytes: int = 0
     tokens_crc32: int = 0  # zlib.crc32 of the record's tokens, checked whenever the cache is opened
     mask_crc32: int = 0  # zlib.crc32 of the record's soft-mask bytes
-    digest: str = ""  # blake2b-160 of tokens then mask bytes: the record's part of the genome fingerprint
+    digest: str = ""  # blake2b-160 of (token + 8 * mask) per base: the record's part of the genome fingerprint
 
 
 def fai_line(record: FastaRecord, length: int | None = None) -> str:
@@ -186,7 +186,7 @@ class FastaParser:
         self._final_bases = 0
         self._final_bytes = 0
         self._crc_tokens = self._crc_mask = 0
-        self._digests = (hashlib.blake2b(digest_size=20), hashlib.blake2b(digest_size=20))
+        self._digest = hashlib.blake2b(digest_size=20)
 
     def skip_bytes(self, n: int) -> None:
         """Counts ``n`` bytes of the text that are not FASTA (a byte-order mark) in the index offsets."""
@@ -272,7 +272,7 @@ class FastaParser:
         self._record = FastaRecord(name=name, header_line=line, start=self.total, fai_offset=text_offset)
         self._final_line = 0
         self._crc_tokens = self._crc_mask = 0
-        self._digests = (hashlib.blake2b(digest_size=20), hashlib.blake2b(digest_size=20))
+        self._digest = hashlib.blake2b(digest_size=20)
 
     def _sequence_lines(self, arr, keep, starts, ends, bases, line_bytes, i0: int, i1: int, open_last: bool) -> None:
         if i0 >= i1:
@@ -311,9 +311,9 @@ class FastaParser:
         self._mask_out.write(mask_bytes)
         self._crc_tokens = zlib.crc32(tok_bytes, self._crc_tokens)
         self._crc_mask = zlib.crc32(mask_bytes, self._crc_mask)
-        # Two streams, not one interleaved: chunk sizes follow block boundaries, digests must not.
-        self._digests[0].update(tok_bytes)
-        self._digests[1].update(mask_bytes)
+        # One byte per base (token + 8 * mask): half the bytes to hash of two streams, and
+        # independent of where block boundaries fall.
+        self._digest.update((tok | (mask.view(np.uint8) << 3)).tobytes())
         record.length += tok.size
         record.n_count += int(np.count_nonzero(tok == tokens_lib.N))
         record.soft_masked += int(np.count_nonzero(mask))
@@ -364,7 +364,7 @@ class FastaParser:
             # A single unterminated line that was still open: its layout is its own length.
             record.line_bases = record.line_bytes = record.length
         record.tokens_crc32, record.mask_crc32 = self._crc_tokens, self._crc_mask
-        record.digest = hashlib.blake2b(b"".join(d.digest() for d in self._digests), digest_size=20).hexdigest()
+        record.digest = self._digest.hexdigest()
         self.records.append(record)
         self._record = None
 

@@ -36,6 +36,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import difflib
 import hashlib
@@ -342,18 +343,13 @@ def _verify(folder: Path, key: str) -> tuple[dict | None, str | None]:
             offset += int(r["length"])
         if offset != total:
             return None, "meta.json record lengths do not add up"
-        for name, field, limit in (("tokens.u8", "tokens_crc32", tokens_lib.N), ("soft_mask.u8", "mask_crc32", 1)):
-            data = np.memmap(folder / name, dtype=np.uint8, mode="r", shape=(total,)) if total else np.zeros(0, np.uint8)
-            for r in records:
-                crc, top = 0, 0
-                for a in range(r["start"], r["start"] + r["length"], _VERIFY_BYTES):
-                    chunk = data[a:min(a + _VERIFY_BYTES, r["start"] + r["length"])]
-                    crc = zlib.crc32(chunk, crc)
-                    top = max(top, int(chunk.max()))
-                if crc != int(r[field]) or top > limit:
-                    return None, f"{name}, record {r['name']!r}: checksum mismatch" + (
-                        f" (holds the value {top})" if top > limit else "")
-            del data
+        checks = [(name, field, limit, r) for name, field, limit in (
+            ("tokens.u8", "tokens_crc32", tokens_lib.N), ("soft_mask.u8", "mask_crc32", 1)) for r in records]
+        # zlib.crc32 and ndarray.max release the GIL: threads check records side by side.
+        with concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            for problem in pool.map(lambda check: _check_record(folder, total, *check), checks):
+                if problem is not None:
+                    return None, problem
         return meta, None
     except FileNotFoundError as e:
         return None, f"{Path(e.filename).name} is missing"
@@ -370,6 +366,21 @@ def _check_readable(path: Path) -> None:
         raise GenomeError(f"{path}: FASTA file is not readable (permission denied)")
     if path.stat().st_size == 0:
         raise GenomeError(f"{path}: FASTA file is empty")
+
+
+def _check_record(folder: Path, total: int, name: str, field: str, limit: int, record: dict) -> str | None:
+    """CRC-32 and largest value of one record's bytes in one cache file; None when both are right."""
+    data = np.memmap(folder / name, dtype=np.uint8, mode="r", shape=(total,))
+    crc, top = 0, 0
+    end = record["start"] + record["length"]
+    for a in range(record["start"], end, _VERIFY_BYTES):
+        chunk = data[a:min(a + _VERIFY_BYTES, end)]
+        crc = zlib.crc32(chunk, crc)
+        top = max(top, int(chunk.max()))
+    if crc != int(record[field]) or top > limit:
+        return f"{name}, record {record['name']!r}: checksum mismatch" + (
+            f" (holds the value {top})" if top > limit else "")
+    return None
 
 
 def _discard(folder: Path, root: Path) -> None:
