@@ -40,6 +40,7 @@ import hashlib
 import warnings
 import zlib
 from pathlib import Path
+from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
@@ -77,6 +78,29 @@ def is_gzip(path: Path, raw: BinaryIO) -> bool:
         if magic.startswith(prefix):
             raise GenomeError(f"{path}: {kind}-compressed FASTA is not supported; use plain text, gzip or bgzip")
     return magic.startswith(b"\x1f\x8b")
+
+
+class HashingReader:
+    """Read-only file wrapper that hashes (BLAKE2b-160) every byte passing through, for a re-check after parsing."""
+
+    def __init__(self, raw: BinaryIO, progress: Callable[[int], object] | None):
+        self._raw = raw
+        self._progress = progress
+        self.digest = hashlib.blake2b(digest_size=20)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.digest.update(data)
+        if self._progress is not None and data:
+            self._progress(len(data))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while self.read(BLOCK_BYTES):
+            pass
 
 
 @dataclasses.dataclass

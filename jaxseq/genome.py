@@ -52,7 +52,6 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -411,29 +410,6 @@ def _remove_dead_builds(root: Path) -> None:
 # Building
 
 
-class _HashingReader:
-    """Read-only file wrapper that hashes every byte passing through (for the re-check after building)."""
-
-    def __init__(self, raw: BinaryIO, progress: Callable[[int], object] | None):
-        self._raw = raw
-        self._progress = progress
-        self.digest = hashlib.blake2b(digest_size=20)
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self.digest.update(data)
-        if self._progress is not None and data:
-            self._progress(len(data))
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        while self.read(_HASH_BYTES):
-            pass
-
-
 def _build(path: Path, key: str, root: Path, final: Path, progress: bool) -> None:
     """Builds the cache for ``path`` in a temporary folder under ``root`` and renames it to ``final``."""
     # The pid in the name lets _remove_dead_builds tell a killed build from a running one.
@@ -446,7 +422,7 @@ def _build(path: Path, key: str, root: Path, final: Path, progress: bool) -> Non
             with progress_bar(stat_before.st_size, f"build {path.name}", progress) as bar, \
                     open(tmp / "tokens.u8", "wb") as tokens_out, open(tmp / "soft_mask.u8", "wb") as mask_out, \
                     open(excerpt if compressed else os.devnull, "wb") as excerpt_out:
-                hashing = _HashingReader(raw, bar.update)
+                hashing = fasta_lib.HashingReader(raw, bar.update)
                 records = fasta_lib.parse_fasta(path, hashing, tokens_out, mask_out, compressed=compressed,
                                                 excerpt_out=excerpt_out if compressed else None)
                 for f in (tokens_out, mask_out):
