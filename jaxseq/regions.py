@@ -274,12 +274,15 @@ def parse_region(text: str, sizes: Mapping[str, int], aliases: Mapping[str, str]
     if text in sizes or (aliases and text in aliases):
         chrom = resolve_record(text, sizes, aliases)
         return Region(chrom, 0, sizes[chrom])
+    # Names may hold ':' (HLA contigs): only a trailing ':START[-END]' is read as coordinates.
     match = re.fullmatch(r"(.+):([\d,]+)(?:-([\d,]+))?", text)
-    if not match:
+    if not match and ":" not in text:
         try:
-            resolve_record(text, sizes, aliases)
+            resolve_record(text, sizes, aliases)  # raises, naming close records
         except RegionError as e:
-            raise RegionError(f"region {text!r}: {e}; expected NAME, NAME:START or NAME:START-END") from None
+            raise RegionError(f"region {text!r}: {e}") from None
+    if not match:
+        raise RegionError(f"region {text!r}: not a record name, and not NAME:START or NAME:START-END")
     try:
         chrom = resolve_record(match.group(1), sizes, aliases)
     except RegionError as e:

@@ -72,7 +72,8 @@ def test_region_string_like_samtools_on_a_big_record():
     ("chr1:20-10", "end 10 is before start 20"),
     ("chr1:1-1001", "end 1001 is past the end of record 'chr1' (1000 bases)"),
     ("chrX:1-10", "unknown record 'chrX'"),
-    ("chr1:a-b", "expected NAME, NAME:START or NAME:START-END"),
+    ("chr1:a-b", "not a record name, and not NAME:START or NAME:START-END"),
+    ("chrX", "unknown record 'chrX' (close names"),
 ])
 def test_bad_region_strings(text, message):
     with pytest.raises(RegionError, match=f"region '{text}'") as info:
