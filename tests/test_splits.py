@@ -1,5 +1,6 @@
 """Tests for jaxseq.splits: disjoint, leak-free intervals and one-line SplitErrors."""
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -334,3 +335,16 @@ def test_split_genome_on_the_bundled_genome_matches_compute_splits(tmp_path):
     restricted = split_genome(genome, DataConfig(exclude=str(tmp_path / "ex.bed")))
     assert restricted == {s: subtract_intervals(expected[s], [(genome.names[0], 0, 10000)]) for s in SPLITS}
     assert min(i.start for s in SPLITS for i in restricted[s]) == 10000
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.regions=/nonexistent/r.bed", "data.regions: file /nonexistent/r.bed does not exist"),
+    ("data.exclude=/nonexistent/x.bed", "data.exclude: file /nonexistent/x.bed does not exist"),
+    ("data.aliases=/nonexistent/a.tsv", "data.aliases: file /nonexistent/a.tsv does not exist"),
+    ("data.records=['chr1', '']", "data.records[1]: expected a record name or glob, got ''"),
+])
+def test_restriction_settings_are_checked_with_the_config(override, message):
+    from jaxseq.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
