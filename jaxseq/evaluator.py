@@ -352,7 +352,8 @@ class Evaluator:
             totals = _accumulate(totals, variables, device, key, index, hp, model=model, stochastic=stochastic)
             ids = index * self.batch_size + row0 + np.arange(local)
             rows = [r for r in range(local) if ids[r] in wanted and batch["weights"][r] > 0]
-            if rows:
+            # Decided from global ids, so every process joins the (collective) prediction.
+            if any(index * self.batch_size <= i < (index + 1) * self.batch_size for i in wanted):
                 probs = local_rows(_predict(variables, device, key, index, hp, model=model, stochastic=stochastic))
                 examples += [{"window": int(ids[r]), "record": self.genome.names[int(batch["record"][r])],
                               "start": int(batch["start"][r]), "tokens": batch["tokens"][r].astype(np.int64),
