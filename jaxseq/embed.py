@@ -393,8 +393,9 @@ def embed(run_dir_or_model, regions: Path | str | Sequence[Region | str] | None,
     """
     if reduce not in REDUCTIONS:
         raise EmbedError(f"--reduce {reduce!r}: choose from {', '.join(REDUCTIONS)}")
-    if batch_size < 1 or (stride is not None and stride < 1):
-        raise EmbedError(f"--batch-size and --stride must be >= 1, got {batch_size} and {stride}")
+    for setting, value in (("--batch-size", batch_size), ("--stride", 1 if stride is None else stride)):
+        if value < 1:
+            raise EmbedError(f"{setting} must be >= 1, got {value}")
     bed = regions if isinstance(regions, Path) else None
     out = _check_output(out, bed)
     model = _open_model(run_dir_or_model, step)
