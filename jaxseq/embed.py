@@ -2,10 +2,10 @@
 
 Examples::
 
-    python -m jaxseq.embed runs/lambda --genome --out lambda.h5
-    python -m jaxseq.embed runs/ecoli --bed peaks.bed --reduce mean --out peaks.npy      # + peaks.bed
-    python -m jaxseq.embed runs/ecoli --region U00096.3:10,001-20,000 --stride 32 --out a.h5
-    python -m jaxseq.embed runs/ecoli --fasta ../shared/data/vcholerae_o395.fa.gz --genome --out vc.h5
+    python -m jaxseq.embed runs/aemd --genome --out ecoli.h5
+    python -m jaxseq.embed runs/aemd --bed peaks.bed --reduce mean --out peak_means.npy   # + peak_means.bed
+    python -m jaxseq.embed runs/aemd --region K-12-MG1655:10,001-20,000 --stride 32 --out a.h5
+    python -m jaxseq.embed runs/aemd --fasta ../shared/data/vcholerae_o395.fa.gz --genome --out vc.h5
 
 What is embedded
     Regions come from ``--bed`` (0-based half-open, names kept), ``--region`` (samtools style,
@@ -485,7 +485,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status (2 with a one-line error before compute)."""
     from jaxseq.checkpoint import CheckpointError
-    from jaxseq.config import ConfigError
 
     args = build_parser().parse_args(argv)
     regions = args.bed if args.bed is not None else (args.region or None)
@@ -493,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = embed(args.run_dir, regions, args.out, fasta=args.fasta, aliases=args.aliases, stride=args.stride,
                         reduce=args.reduce, step=args.step, batch_size=args.batch_size, cache_dir=args.cache_dir,
                         progress=True)
-    except (ValueError, CheckpointError, ConfigError, OSError) as err:  # EmbedError, RegionError, GenomeError, ...; disk full
+    # ValueError: EmbedError, RegionError, GenomeError, EvaluateError, ConfigError; OSError: e.g. a full disk.
+    except (ValueError, CheckpointError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if summary["skipped"]:
