@@ -5,8 +5,8 @@ latent 200), trained for ``--train-steps`` steps (default 200) into ``experiment
 unless ``--run`` names a run directory (the benchmark measures embedding, not accuracy).
 
 Each measurement runs in a fresh Python process calling :func:`jaxseq.embed.embed` on the whole
-genome, so its peak RSS (``resource.getrusage``'s ``ru_maxrss``, i.e. ``VmHWM``) is its own; it also
-reports the RSS just before embedding (model loaded, genome mapped, nothing embedded). The cases vary the output
+genome, so its peak RSS (``VmHWM`` of ``/proc/self/status``) is its own; it also reports the RSS
+just before embedding (model loaded, genome mapped, nothing embedded). The cases vary the output
 format and the stride: stride 16 writes 4x the rows of stride 64, so equal peaks show that resident
 memory does not grow with the output. ``windows/s`` counts windows over the embedding loop (after
 the one compile); ``total s`` is the whole process (imports, restore, compile, embedding). The
@@ -25,7 +25,7 @@ import argparse
 import json
 import os
 import platform
-import resource
+import re
 import subprocess
 import sys
 import tempfile
@@ -51,15 +51,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def rss_mb() -> float:
-    """Current resident set size in MB (``/proc/self/statm``, second field, in pages)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field in MB: ``VmRSS`` (resident now) or ``VmHWM`` (peak resident).
 
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (``ru_maxrss``, kB on Linux; ``VmHWM``)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Not ``resource.getrusage(...).ru_maxrss``: Linux carries it across ``execve``, so a measurement
+    process would report its parent's peak (the training run's) whenever that is larger.
+    """
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1)) / 1024
 
 
 def child(run: str, output: str, stride: int, fasta: str, batch_size: int) -> None:
@@ -72,11 +71,11 @@ def child(run: str, output: str, stride: int, fasta: str, batch_size: int) -> No
     from jaxseq.genome import Genome
 
     Genome.open(fasta, cache_dir=model.config.data.cache_dir or None)  # cache built outside the RSS of interest
-    before = rss_mb()
+    before = status_mb("VmRSS")
     summary = embed(model, None, output, fasta=fasta, stride=stride, batch_size=batch_size)
     print(json.dumps({"windows": summary["windows"], "shape": summary["shape"], "embed_s": summary["seconds"],
                       "windows_per_sec": summary["windows_per_sec"], "total_s": time.perf_counter() - started,
-                      "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
+                      "rss_before_mb": before, "peak_rss_mb": status_mb("VmHWM"),
                       "output_mb": sum(Path(p).stat().st_size for p in summary["out"]) / 2**20}))
 
 
