@@ -496,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, CheckpointError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted; nothing was written to {args.out}", file=sys.stderr)
+        return 130
     if summary["skipped"]:
         shown = ", ".join(summary["skipped"][:5]) + (", ..." if len(summary["skipped"]) > 5 else "")
         print(f"skipped {len(summary['skipped'])} region(s) on records shorter than the window "
