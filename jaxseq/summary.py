@@ -112,6 +112,11 @@ def write_hparams(writer, config: Mapping[str, Mapping[str, Any]], metrics: Mapp
     writer.add_hparams(flat, {f"hparam/{k}": float(v) for k, v in metrics.items()}, name="hparams")
 
 
+def has_hparams(workdir: str | Path) -> bool:
+    """Whether a run's TensorBoard holds an HParams session (``<workdir>/tensorboard/hparams``)."""
+    return "_hparams_/session_start_info" in read_tags(Path(workdir) / "tensorboard" / "hparams")
+
+
 def metrics_from_sums(sums: Mapping[str, Any]) -> dict[str, float]:
     """Means from metric sums (``loss_sum``, ``correct``, ``count``): exact over whatever was summed."""
     count = max(float(sums["count"]), 1.0)

@@ -5,7 +5,7 @@ import math
 import pytest
 import yaml
 
-from jaxseq import sweep, train
+from jaxseq import summary, sweep, train
 from jaxseq.config import save_config
 
 
@@ -165,7 +165,7 @@ def test_stochastic_columns_failed_runs_and_hparams_fallback(tmp_path):
     assert md[1]["note"].startswith("failed:") and md[1]["test_accuracy"] == ""
     assert md[0]["windows_per_sec"] == "1,234"
     # The fake trainer wrote no TensorBoard: the sweep wrote the HParams session itself.
-    assert sweep.has_hparams(out / "latent_len=6") and sweep.has_hparams(out / "latent_len=18")
+    assert summary.has_hparams(out / "latent_len=6") and summary.has_hparams(out / "latent_len=18")
     # Only the failed run is retried.
     calls.clear()
     sweep.run_sweep(loaded, out, train_fn=fake_trainer(calls), log=lambda m: None)
@@ -223,8 +223,8 @@ def test_real_sweep_tabulates_final_metrics_logs_hparams_and_skips_finished_runs
         assert line["test_bits_per_base"] == f"{float(row['test_bits_per_base']):.4f}"
     # train.py logs each run to TensorBoard's HParams view.
     for name in calls:
-        assert sweep.has_hparams(out / name)
-    session = [v for e in sweep.read_events(out / "latent_len=6" / "tensorboard" / "hparams")
+        assert summary.has_hparams(out / name)
+    session = [v for e in summary.read_events(out / "latent_len=6" / "tensorboard" / "hparams")
                for v in e.summary.value if v.tag == "_hparams_/session_start_info"]
     from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
     data = HParamsPluginData.FromString(session[0].metadata.plugin_data.content)
