@@ -185,8 +185,6 @@ def device_slots(jobs: int, gpus: Sequence[str] | None = None, cores: Sequence[i
     Raises:
       LaunchError: more jobs than GPUs.
     """
-    if jobs < 1:
-        raise LaunchError(f"--jobs must be >= 1, got {jobs}")
     gpus = visible_gpus() if gpus is None else list(gpus)
     if gpus:
         if jobs > len(gpus):
@@ -426,7 +424,7 @@ def run_cluster(tasks: Sequence[Task], options: ClusterOptions, folder: Path, *,
                                slurm_partition=options.partition, slurm_array_parallelism=jobs)
     with executor.batch():
         submitted = [executor.submit(run_job, train_command(t), str(log_path(t)), os.getcwd()) for t in tasks]
-    started = time.time()
+    started, wait = time.time(), 0.25
     board = Board([t.name for t in tasks], log, redraw)
     outcomes: dict[str, Outcome] = {}
     with _signals_raise():
@@ -442,7 +440,8 @@ def run_cluster(tasks: Sequence[Task], options: ClusterOptions, folder: Path, *,
                         board.set(task.name, f"{job.state.lower()} (job {job.job_id})", task)
                 board.show()
                 if len(outcomes) < len(tasks):
-                    time.sleep(poll_s)
+                    time.sleep(wait)
+                    wait = min(2 * wait, poll_s)  # quick jobs are seen at once, long ones polled gently
         except Interrupted:
             for job in submitted:
                 with contextlib.suppress(Exception):

@@ -433,6 +433,8 @@ def run_sweep(sweep: Sweep, out: str | Path, *, train_fn: Callable | None = None
       TrainingInterrupted, launch.Interrupted: stopped by a signal after the running runs saved.
     """
     out = Path(out)
+    if jobs is not None and jobs < 1:
+        raise launch.LaunchError(f"--jobs must be >= 1, got {jobs}")
     in_process = cluster is None and (jobs or 1) == 1
     # Refuse before training anything if any finished run conflicts or the devices do not fit.
     finished = {run.name: check_finished(run, out / run.name) for run in sweep.runs}
