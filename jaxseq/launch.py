@@ -238,6 +238,7 @@ class Board:
         self.lines[name] = status + (f", {detail}" if detail else "")
 
     def show(self) -> None:
+        """Redraws every line, or logs the lines that changed since the last call."""
         rows = [f"{name}: {self.lines[name]}" for name in self.names]
         if self.redraw:
             up = f"\x1b[{self.drawn}F" if self.drawn else ""
