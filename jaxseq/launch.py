@@ -207,15 +207,20 @@ def device_slots(jobs: int, gpus: Sequence[str] | None = None, cores: Sequence[i
 def spawn(command: Sequence[str], slot: Slot, log_file: Path) -> subprocess.Popen:
     """Starts ``command`` on ``slot``'s devices, stdout and stderr into ``log_file``."""
     env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
-    pin = None
-    if slot.cores is not None and hasattr(os, "sched_setaffinity"):
-        def pin():
+    # The child inherits the CPU affinity of the thread that starts it: set ours for the moment, rather than
+    # a preexec_fn (Python code between fork and exec, unsafe next to JAX's threads).
+    previous = os.sched_getaffinity(0) if slot.cores is not None and hasattr(os, "sched_setaffinity") else None
+    try:
+        if previous is not None:
             os.sched_setaffinity(0, slot.cores)
-    with open(log_file, "wb") as out:
-        # A session of its own: Ctrl-C reaches this process only, which then asks each child once to stop
-        # (a second signal would make the child abort without saving).
-        return subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=pin,
-                                start_new_session=True)
+        with open(log_file, "wb") as out:
+            # A session of its own: Ctrl-C reaches this process only, which then asks each child once to stop
+            # (a second signal would make the child abort without saving).
+            return subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+    finally:
+        if previous is not None:
+            os.sched_setaffinity(0, previous)
 
 
 # ----------------------------------------------------------------------------------------------
