@@ -387,8 +387,9 @@ def run_job(command: list[str], log_file: str, cwd: str) -> float:
 
 def check_cluster(options: ClusterOptions) -> None:
     """Raises :class:`LaunchError` when ``options`` cannot submit from here (before anything is written)."""
-    if options.cluster == "slurm" and shutil.which("sbatch") is None:
-        raise LaunchError("--executor slurm: sbatch is not on PATH (submit from a SLURM login node)")
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if options.cluster == "slurm" and missing:
+        raise LaunchError(f"--executor slurm: {' and '.join(missing)} not on PATH (submit from a SLURM login node)")
     if options.gpus_per_run < 0 or (options.cpus_per_run is not None and options.cpus_per_run < 1):
         raise LaunchError("--slurm-gpus-per-run must be >= 0 and --slurm-cpus-per-run >= 1")
 
@@ -426,7 +427,7 @@ def run_cluster(tasks: Sequence[Task], options: ClusterOptions, folder: Path, *,
 
     executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
     executor.update_parameters(name="jaxseq-sweep", nodes=1, tasks_per_node=1, timeout_min=options.time_min,
-                               gpus_per_node=options.gpus_per_run, cpus_per_task=options.cpus_per_run,
+                               gpus_per_node=options.gpus_per_run or None, cpus_per_task=options.cpus_per_run,
                                slurm_partition=options.partition, slurm_array_parallelism=jobs)
     with executor.batch():
         submitted = [executor.submit(run_job, train_command(t), str(log_path(t)), os.getcwd()) for t in tasks]
@@ -494,7 +495,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 1: in this process, one after another; with --executor slurm: no limit)")
     parser.add_argument("--executor", choices=("local", "slurm"), default="local",
                         help="local: this machine (default); slurm: one SLURM job per run, through submitit")
-    parser.add_argument("--slurm-partition", help="SLURM partition of the jobs (default: the cluster's)")
+    parser.add_argument("--slurm-partition", metavar="P", help="SLURM partition of the jobs (default: the cluster's)")
     parser.add_argument("--slurm-gpus-per-run", type=int, default=0, metavar="G", help="GPUs per job (default 0)")
     parser.add_argument("--slurm-cpus-per-run", type=int, metavar="C", help="CPUs per job (default: the cluster's)")
     parser.add_argument("--slurm-time", default="60", metavar="TIME",

@@ -298,7 +298,7 @@ def test_slurm_time_limits(text, minutes):
     (["--jobs", "0"], "--jobs must be >= 1, got 0"),
     (["--slurm-partition", "gpu"], "--slurm-partition needs --executor slurm"),
     (["--executor", "slurm", "--slurm-time", "1:2:3:4"], "--slurm-time '1:2:3:4': expected minutes"),
-    (["--executor", "slurm"], "--executor slurm: sbatch is not on PATH"),
+    (["--executor", "slurm"], "--executor slurm: sbatch and srun not on PATH"),
 ])
 def test_launch_errors_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, args, expected):
     path = write_sweep(tmp_path, grid={"model.latent_len": [6]})
