@@ -288,6 +288,22 @@ def test_children_are_pinned_to_their_slot_and_failures_give_their_error_line(tm
     assert launch.error_line(tmp_path / "missing.log", -9) == "exit -9: no output"
 
 
+def test_progress_board_logs_changed_lines_or_redraws_them_in_place(tmp_path, capsys):
+    lines = []
+    board = launch.Board(["a", "b"], log=lines.append)
+    board.show()
+    board.set("a", "running on cpu 0", launch.Task("a", tmp_path / "a", tmp_path / "a.yaml", 20))  # no events yet
+    board.show()
+    board.show()
+    assert lines == ["a: queued", "b: queued", "a: running on cpu 0"]
+    board = launch.Board(["a", "b"], redraw=True)
+    board.show()
+    board.set("b", "failed on cpu 1: exit 2: error: x")
+    board.show()
+    assert capsys.readouterr().out == ("\x1b[2Ka: queued\n\x1b[2Kb: queued\n"
+                                       "\x1b[2F\x1b[2Ka: queued\n\x1b[2Kb: failed on cpu 1: exit 2: error: x\n")
+
+
 @pytest.mark.parametrize("text, minutes", [("90", 90), ("90:30", 91), ("1:30:00", 90), ("2-0", 2880),
                                            ("1-02:03:00", 1563)])
 def test_slurm_time_limits(text, minutes):
