@@ -579,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cluster = launch.cluster_options(args)
         rows = run_sweep(sweep, out, jobs=args.jobs, cluster=cluster, redraw=sys.stdout.isatty())
-    except (SweepError, ConfigError, launch.LaunchError, summary.EventFileError) as err:
+    except (SweepError, ConfigError, launch.LaunchError, summary.EventFileError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (TrainingInterrupted, launch.Interrupted) as err:  # checkpoints saved; rerunning the sweep resumes
