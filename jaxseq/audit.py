@@ -34,6 +34,7 @@ import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -111,47 +112,79 @@ def _bucket(canonical: np.ndarray, passes: int) -> np.ndarray:
     return ((canonical * _HASH) >> np.uint64(40)) % np.uint64(passes)
 
 
-def _interval_chunks(tokens: np.ndarray, interval: Interval, k: int,
-                     chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """Yields ``(first k-mer position, canonical, forward, valid)`` over an interval, chunk by chunk.
+class _Batch(NamedTuple):
+    """Valid k-mers of several intervals: record index, absolute start, canonical and forward words."""
 
-    Chunks overlap by ``k - 1`` bases, so every k-mer wholly inside the interval appears exactly once.
+    record: np.ndarray  # int32 (n,), index into list(tokens)
+    position: np.ndarray  # int64 (n,)
+    canonical: np.ndarray  # uint64 (n,)
+    forward: np.ndarray  # uint64 (n,)
+
+
+def _kmer_batches(tokens: Mapping[str, np.ndarray], intervals: Sequence[Interval], k: int,
+                  chunk: int) -> Iterator[_Batch]:
+    """Yields the valid k-mers of ``intervals`` (each wholly inside one interval) in batches of ~``chunk``.
+
+    Reads overlap by ``k - 1`` bases, so every k-mer appears exactly once. Batching across intervals
+    keeps numpy calls large when intervals are short (the blocks strategy makes many).
     """
-    for start in range(interval.start, interval.end - k + 1, chunk):
-        stop = min(start + chunk + k - 1, interval.end)
-        canonical, forward, valid = canonical_kmers(np.asarray(tokens[start:stop]), k)
-        yield start, canonical, forward, valid
+    index = {name: i for i, name in enumerate(tokens)}
+    pending: list[tuple] = []
+    size = 0
+    for interval in intervals:
+        for start in range(interval.start, interval.end - k + 1, chunk):
+            stop = min(start + chunk + k - 1, interval.end)
+            canonical, forward, valid = canonical_kmers(np.asarray(tokens[interval.record][start:stop]), k)
+            keep = np.flatnonzero(valid)
+            pending.append((np.full(len(keep), index[interval.record], np.int32), start + keep,
+                            canonical[keep], forward[keep]))
+            size += len(keep)
+            if size >= chunk:
+                yield _Batch(*(np.concatenate(parts) for parts in zip(*pending)))
+                pending, size = [], 0
+    if pending:
+        yield _Batch(*(np.concatenate(parts) for parts in zip(*pending)))
+
+
+def _in_part(batch: _Batch, part: int, passes: int) -> _Batch:
+    if passes == 1:
+        return batch
+    keep = _bucket(batch.canonical, passes) == part
+    return _Batch(*(field[keep] for field in batch))
 
 
 def _collect(tokens: Mapping[str, np.ndarray], intervals: Sequence[Interval], k: int, part: int, passes: int,
              chunk: int) -> np.ndarray:
     """Sorted unique canonical k-mers of ``intervals`` that fall in hash bucket ``part``."""
-    pieces = []
-    for interval in intervals:
-        for _, canonical, _, valid in _interval_chunks(tokens[interval.record], interval, k, chunk):
-            keep = valid if passes == 1 else valid & (_bucket(canonical, passes) == part)
-            pieces.append(np.unique(canonical[keep]))
-    if not pieces:
-        return np.zeros(0, np.uint64)
-    return np.unique(np.concatenate(pieces))
+    pieces = [_in_part(b, part, passes).canonical for b in _kmer_batches(tokens, intervals, k, chunk)]
+    words = np.concatenate(pieces) if pieces else np.zeros(0, np.uint64)
+    # Sort then drop repeats: several times faster than np.unique's hashing, and in place.
+    words.sort()
+    return words[np.concatenate([[True], words[1:] != words[:-1]])] if len(words) else words
 
 
 def _member(sorted_set: np.ndarray, query: np.ndarray) -> np.ndarray:
-    if len(sorted_set) == 0:
+    """bool ``(n,)``: which of ``query`` uint64 ``(n,)`` are in ``sorted_set``."""
+    if len(sorted_set) == 0 or len(query) == 0:
         return np.zeros(len(query), bool)
-    index = np.minimum(np.searchsorted(sorted_set, query), len(sorted_set) - 1)
-    return sorted_set[index] == query
+    # Sorted keys make searchsorted walk the set in order: ~4x faster than random probes.
+    order = np.argsort(query)
+    keys = query[order]
+    index = np.minimum(np.searchsorted(sorted_set, keys), len(sorted_set) - 1)
+    found = np.empty(len(query), bool)
+    found[order] = sorted_set[index] == keys
+    return found
 
 
 def _mark(tokens: Mapping[str, np.ndarray], intervals: Sequence[Interval], k: int, part: int, passes: int,
           chunk: int, other: np.ndarray, marks: Mapping[str, np.ndarray]) -> None:
     """Sets ``marks[record][p]`` for each k-mer start of ``intervals`` whose canonical word is in ``other``."""
-    for interval in intervals:
-        for start, canonical, _, valid in _interval_chunks(tokens[interval.record], interval, k, chunk):
-            keep = valid if passes == 1 else valid & (_bucket(canonical, passes) == part)
-            hits = np.flatnonzero(keep)
-            hits = hits[_member(other, canonical[hits])]
-            marks[interval.record][start + hits] = True
+    names = list(tokens)
+    for batch in _kmer_batches(tokens, intervals, k, chunk):
+        batch = _in_part(batch, part, passes)
+        hit = _member(other, batch.canonical)
+        for r in np.unique(batch.record[hit]).tolist():
+            marks[names[r]][batch.position[hit & (batch.record == r)]] = True
 
 
 def _check_k(k: int, window_len: int | None = None) -> None:
@@ -333,18 +366,16 @@ def _locate(tokens: Mapping[str, np.ndarray], train: Sequence[Interval], regions
     for region in regions:
         canonical, forward, _ = canonical_kmers(np.asarray(tokens[region["record"]][region["start"]:region["start"] + k]), k)
         queries.setdefault(int(canonical[0]), []).append((region, int(forward[0])))
-    wanted = np.array(sorted(queries), np.uint64)
-    for interval in train:
-        for start, canonical, forward, valid in _interval_chunks(tokens[interval.record], interval, k, chunk):
-            hits = np.flatnonzero(valid & _member(wanted, canonical))
-            for p in hits.tolist():
-                for region, query_forward in queries.pop(int(canonical[p]), ()):
-                    region["train"] = dict(record=interval.record, start=start + p, end=start + p + k,
-                                           strand="+" if int(forward[p]) == query_forward else "-")
-            if len(hits):
-                wanted = np.array(sorted(queries), np.uint64)
-            if not queries:
-                return
+    names = list(tokens)
+    for batch in _kmer_batches(tokens, train, k, chunk):
+        wanted = np.array(sorted(queries), np.uint64)
+        for i in np.flatnonzero(_member(wanted, batch.canonical)).tolist():
+            start = int(batch.position[i])
+            for region, query_forward in queries.pop(int(batch.canonical[i]), ()):
+                region["train"] = dict(record=names[batch.record[i]], start=start, end=start + k,
+                                       strand="+" if int(batch.forward[i]) == query_forward else "-")
+        if not queries:
+            return
 
 
 def audit_splits(tokens: Mapping[str, np.ndarray], splits: Mapping[str, Sequence[Interval]], *, k: int = DEFAULT_K,
