@@ -43,7 +43,7 @@ from jaxseq.splits import Interval
 MAX_K = 32
 DEFAULT_K = 32
 DEFAULT_MAX_KMERS_PER_PASS = 1 << 24
-CHUNK = 1 << 22
+CHUNK = 1 << 21
 EVAL_SPLITS = ("valid", "test")
 DEDUP_MODES = ("none", "drop_train", "drop_eval")
 # Odd 64-bit constant (golden ratio): multiplying spreads packed k-mers evenly over the buckets.
@@ -109,54 +109,59 @@ def canonical_kmers(tokens: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def _bucket(canonical: np.ndarray, passes: int) -> np.ndarray:
-    return ((canonical * _HASH) >> np.uint64(40)) % np.uint64(passes)
+    """Hash bucket in ``0..passes-1`` of each k-mer: top 32 bits of a multiplicative hash, scaled (no division)."""
+    return (((canonical * _HASH) >> np.uint64(32)) * np.uint64(passes)) >> np.uint64(32)
 
 
-class _Batch(NamedTuple):
-    """Valid k-mers of several intervals: record index, absolute start, canonical and forward words."""
+class _Chunk(NamedTuple):
+    """The k-mers starting in ``[start, start + n)`` of one record, and which side of the split holds each."""
 
-    record: np.ndarray  # int32 (n,), index into list(tokens)
-    position: np.ndarray  # int64 (n,)
+    record: str
+    start: int
     canonical: np.ndarray  # uint64 (n,)
     forward: np.ndarray  # uint64 (n,)
+    side: np.ndarray  # int8 (n,): 0 train, 1 valid or test, -1 neither (or the k-mer spans N or two intervals)
 
 
-def _kmer_batches(tokens: Mapping[str, np.ndarray], intervals: Sequence[Interval], k: int,
-                  chunk: int) -> Iterator[_Batch]:
-    """Yields the valid k-mers of ``intervals`` (each wholly inside one interval) in batches of ~``chunk``.
+def _sides(splits: Mapping[str, Sequence[Interval]]) -> dict[str, list[tuple[int, int, int]]]:
+    """record -> ``(start, end, side)`` of the split intervals, side 0 for train and 1 for valid/test."""
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    for split, intervals in splits.items():
+        side = 0 if split == "train" else 1 if split in EVAL_SPLITS else None
+        if side is not None:
+            for i in intervals:
+                out.setdefault(i.record, []).append((i.start, i.end, side))
+    return out
 
-    Reads overlap by ``k - 1`` bases, so every k-mer appears exactly once. Batching across intervals
-    keeps numpy calls large when intervals are short (the blocks strategy makes many).
+
+def _genome_chunks(tokens: Mapping[str, np.ndarray], sides: Mapping[str, list], k: int,
+                   chunk: int) -> Iterator[_Chunk]:
+    """Every k-mer of the records that hold split intervals, ``chunk`` starts at a time.
+
+    Reads overlap by ``k - 1`` bases, so each k-mer appears exactly once; a k-mer gets the side of
+    the interval that holds it wholly (windows never cross an interval), else -1.
     """
-    index = {name: i for i, name in enumerate(tokens)}
-    pending: list[tuple] = []
-    size = 0
-    for interval in intervals:
-        for start in range(interval.start, interval.end - k + 1, chunk):
-            stop = min(start + chunk + k - 1, interval.end)
-            canonical, forward, valid = canonical_kmers(np.asarray(tokens[interval.record][start:stop]), k)
-            keep = np.flatnonzero(valid)
-            pending.append((np.full(len(keep), index[interval.record], np.int32), start + keep,
-                            canonical[keep], forward[keep]))
-            size += len(keep)
-            if size >= chunk:
-                yield _Batch(*(np.concatenate(parts) for parts in zip(*pending)))
-                pending, size = [], 0
-    if pending:
-        yield _Batch(*(np.concatenate(parts) for parts in zip(*pending)))
+    for record, spans in sides.items():
+        length = len(tokens[record])
+        for start in range(0, length - k + 1, chunk):
+            stop = min(start + chunk, length - k + 1)
+            canonical, forward, valid = canonical_kmers(np.asarray(tokens[record][start:stop + k - 1]), k)
+            side = np.full(stop - start, -1, np.int8)
+            for s, e, which in spans:
+                lo, hi = max(s, start), min(e - k + 1, stop)
+                if lo < hi:
+                    side[lo - start:hi - start] = which
+            side[~valid] = -1
+            yield _Chunk(record, start, canonical, forward, side)
 
 
-def _in_part(batch: _Batch, part: int, passes: int) -> _Batch:
-    if passes == 1:
-        return batch
-    keep = _bucket(batch.canonical, passes) == part
-    return _Batch(*(field[keep] for field in batch))
+def _in_part(chunk: _Chunk, part: int, passes: int) -> np.ndarray:
+    """bool ``(n,)``: k-mers of this chunk on either side of the split that fall in hash bucket ``part``."""
+    keep = chunk.side >= 0
+    return keep if passes == 1 else keep & (_bucket(chunk.canonical, passes) == part)
 
 
-def _collect(tokens: Mapping[str, np.ndarray], intervals: Sequence[Interval], k: int, part: int, passes: int,
-             chunk: int) -> np.ndarray:
-    """Sorted unique canonical k-mers of ``intervals`` that fall in hash bucket ``part``."""
-    pieces = [_in_part(b, part, passes).canonical for b in _kmer_batches(tokens, intervals, k, chunk)]
+def _sorted_unique(pieces: list[np.ndarray]) -> np.ndarray:
     words = np.concatenate(pieces) if pieces else np.zeros(0, np.uint64)
     # Sort then drop repeats: several times faster than np.unique's hashing, and in place.
     words.sort()
@@ -174,17 +179,6 @@ def _member(sorted_set: np.ndarray, query: np.ndarray) -> np.ndarray:
     found = np.empty(len(query), bool)
     found[order] = sorted_set[index] == keys
     return found
-
-
-def _mark(tokens: Mapping[str, np.ndarray], intervals: Sequence[Interval], k: int, part: int, passes: int,
-          chunk: int, other: np.ndarray, marks: Mapping[str, np.ndarray]) -> None:
-    """Sets ``marks[record][p]`` for each k-mer start of ``intervals`` whose canonical word is in ``other``."""
-    names = list(tokens)
-    for batch in _kmer_batches(tokens, intervals, k, chunk):
-        batch = _in_part(batch, part, passes)
-        hit = _member(other, batch.canonical)
-        for r in np.unique(batch.record[hit]).tolist():
-            marks[names[r]][batch.position[hit & (batch.record == r)]] = True
 
 
 def _check_k(k: int, window_len: int | None = None) -> None:
@@ -213,17 +207,26 @@ def shared_kmer_marks(tokens: Mapping[str, np.ndarray], splits: Mapping[str, Seq
       interval and occurs in a train interval.
     """
     _check_k(k)
-    train = list(splits["train"])
-    held = [i for split in EVAL_SPLITS for i in splits.get(split, ())]
-    sizes = [sum(max(0, i.end - i.start - k + 1) for i in side) for side in (train, held)]
-    passes = max(1, -(-max(sizes) // int(max_kmers_per_pass)))
+    sides = _sides(splits)
+    per_side = [sum(max(0, e - s - k + 1) for spans in sides.values() for s, e, w in spans if w == which)
+                for which in (0, 1)]
+    passes = max(1, -(-max(per_side) // int(max_kmers_per_pass)))
     marks = {name: np.zeros(len(t), bool) for name, t in tokens.items()}
     for part in range(passes):
-        train_set = _collect(tokens, train, k, part, passes, chunk)
-        held_set = _collect(tokens, held, k, part, passes, chunk)
-        _mark(tokens, held, k, part, passes, chunk, train_set, marks)
-        _mark(tokens, train, k, part, passes, chunk, held_set, marks)
-        del train_set, held_set
+        # Pass 1 collects this bucket's k-mers of each side; pass 2 marks those found on the other side.
+        pieces: tuple[list, list] = ([], [])
+        for chunk_ in _genome_chunks(tokens, sides, k, chunk):
+            keep = _in_part(chunk_, part, passes)
+            for which in (0, 1):
+                pieces[which].append(chunk_.canonical[keep & (chunk_.side == which)])
+        sets = [_sorted_unique(p) for p in pieces]
+        del pieces
+        for chunk_ in _genome_chunks(tokens, sides, k, chunk):
+            index = np.flatnonzero(_in_part(chunk_, part, passes))
+            for which in (0, 1):
+                mine = index[chunk_.side[index] == which]
+                marks[chunk_.record][chunk_.start + mine[_member(sets[1 - which], chunk_.canonical[mine])]] = True
+        del sets
     return marks
 
 
@@ -364,16 +367,18 @@ def _locate(tokens: Mapping[str, np.ndarray], train: Sequence[Interval], regions
     """Adds where in train the first k-mer of each region occurs (first occurrence, either strand)."""
     queries = {}
     for region in regions:
-        canonical, forward, _ = canonical_kmers(np.asarray(tokens[region["record"]][region["start"]:region["start"] + k]), k)
+        first = np.asarray(tokens[region["record"]][region["start"]:region["start"] + k])
+        canonical, forward, _ = canonical_kmers(first, k)
         queries.setdefault(int(canonical[0]), []).append((region, int(forward[0])))
-    names = list(tokens)
-    for batch in _kmer_batches(tokens, train, k, chunk):
+    if not queries:
+        return
+    for chunk_ in _genome_chunks(tokens, _sides({"train": train}), k, chunk):
         wanted = np.array(sorted(queries), np.uint64)
-        for i in np.flatnonzero(_member(wanted, batch.canonical)).tolist():
-            start = int(batch.position[i])
-            for region, query_forward in queries.pop(int(batch.canonical[i]), ()):
-                region["train"] = dict(record=names[batch.record[i]], start=start, end=start + k,
-                                       strand="+" if int(batch.forward[i]) == query_forward else "-")
+        for i in np.flatnonzero((chunk_.side == 0) & _member(wanted, chunk_.canonical)).tolist():
+            start = chunk_.start + i
+            for region, query_forward in queries.pop(int(chunk_.canonical[i]), ()):
+                region["train"] = dict(record=chunk_.record, start=start, end=start + k,
+                                       strand="+" if int(chunk_.forward[i]) == query_forward else "-")
         if not queries:
             return
 

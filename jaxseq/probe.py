@@ -18,7 +18,7 @@
    against (a) k-mer frequencies, k = 1..4 (340 values), (b) the latent of a randomly initialised model
    of the same config (``train.seed`` + 1 + ``--seed``), and (c) the run's latent with the fitting labels
    shuffled (a control that must score near chance).
-5. Probe: multinomial logistic regression in JAX, full-batch L-BFGS (optax), standardised features,
+5. Probe: multinomial logistic regression in JAX, full-batch L-BFGS (optax, backtracking line search), standardised features,
    class-balanced weights, L2. Scores on the test blocks: balanced accuracy and AUROC (one-vs-rest
    macro average for ``feature``).
 """
@@ -225,7 +225,8 @@ def _solver(n_classes: int, steps: int):
     @jax.jit
     def solve(xs, labels, weights, l2):
         loss = functools.partial(objective, xs=xs, labels=labels, weights=weights, l2=l2)
-        opt = optax.lbfgs()
+        # Backtracking, not the default zoom line search: the same optimum here, a third of the compile time.
+        opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=20, store_grad=True))
         value_and_grad = optax.value_and_grad_from_state(loss)
         params = {"w": jnp.zeros((xs.shape[1], n_classes)), "b": jnp.zeros(n_classes)}
 
@@ -249,7 +250,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, *, l2: float = 1e
       y: int ``(n,)`` class indices in ``0..n_classes-1``.
       n_classes: number of classes ``C``.
       l2: penalty ``l2 * sum(w ** 2)`` added to the weighted mean cross-entropy.
-      steps: L-BFGS iterations (each with its zoom line search).
+      steps: L-BFGS iterations (each with a backtracking line search).
 
     Returns:
       ``{"mean", "std"}`` float32 ``(d,)``, ``"w"`` float32 ``(d, C)``, ``"b"`` float32 ``(C,)`` and
