@@ -429,18 +429,21 @@ def format_report(report: Mapping) -> str:
     lines = [f"k-mers shared with train (k={report['k']}, both strands; windows of {report['window_len']} bases)",
              f"{'split':<6} {'windows':>10} {'shared':>10} {'%':>7} {'bases':>12} {'shared':>12} {'%':>7}"]
     for split, s in report["splits"].items():
-        lines.append(f"{split:<6} {s['windows']:>10,} {s['shared_windows']:>10,} {100 * s['shared_window_fraction']:>7.3f} "
-                     f"{s['bases']:>12,} {s['shared_bases']:>12,} {100 * s['shared_base_fraction']:>7.3f}")
+        lines.append(f"{split:<6} {s['windows']:>10,} {s['shared_windows']:>10,} "
+                     f"{100 * s['shared_window_fraction']:>7.3f} {s['bases']:>12,} {s['shared_bases']:>12,} "
+                     f"{100 * s['shared_base_fraction']:>7.3f}")
     t = report["train"]
     lines.append(f"train bases covered by k-mers found in valid/test: {t['shared_bases']:,} of {t['bases']:,}")
     edges = report["histogram_edges"]
-    lines += ["", "windows by shared-k-mer fraction", f"{'fraction':<12}" + "".join(f"{s:>10}" for s in report["splits"])]
+    lines += ["", "windows by shared-k-mer fraction",
+              f"{'fraction':<12}" + "".join(f"{s:>10}" for s in report["splits"])]
     for b in range(len(edges) - 1):
         closing = "]" if b == len(edges) - 2 else ")"
         label = f"[{edges[b]:.2f},{edges[b + 1]:.2f}{closing}"
         lines.append(f"{label:<12}" + "".join(f"{s['histogram'][b]:>10,}" for s in report["splits"].values()))
     if report["regions"]:
-        lines += ["", "largest shared regions", f"{'split':<6} {'record':<16} {'start':>10} {'end':>10} {'length':>8}  in train"]
+        lines += ["", "largest shared regions",
+                  f"{'split':<6} {'record':<16} {'start':>10} {'end':>10} {'length':>8}  in train"]
         for r in report["regions"]:
             where = r.get("train")
             at = f"{where['record']}:{where['start']}-{where['end']} ({where['strand']})" if where else "?"

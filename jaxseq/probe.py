@@ -18,9 +18,9 @@
    against (a) k-mer frequencies, k = 1..4 (340 values), (b) the latent of a randomly initialised model
    of the same config (``train.seed`` + 1 + ``--seed``), and (c) the run's latent with the fitting labels
    shuffled (a control that must score near chance).
-5. Probe: multinomial logistic regression in JAX, full-batch L-BFGS (optax, backtracking line search), standardised features,
-   class-balanced weights, L2. Scores on the test blocks: balanced accuracy and AUROC (one-vs-rest
-   macro average for ``feature``).
+5. Probe: multinomial logistic regression in JAX, full-batch L-BFGS (optax, backtracking line search),
+   standardised features, class-balanced weights, L2. Scores on the test blocks: balanced accuracy and
+   AUROC (one-vs-rest macro average for ``feature``).
 """
 
 from __future__ import annotations
