@@ -455,17 +455,15 @@ def format_report(report: Mapping) -> str:
 # Command line
 
 
-def open_config_splits(config_path: str | None, overrides: Sequence[str]):
-    """The config's genome tokens and splits: ``(config, tokens mapping, splits)``.
+def open_config_splits(config) -> tuple[dict[str, np.ndarray], dict[str, list[Interval]]]:
+    """The config's genome tokens (record -> uint8 ``(length,)`` memmap) and its train/valid/test splits.
 
     The one place that knows how a config becomes a genome and splits (today ``jaxseq.train.open_data``).
     """
-    from jaxseq import config as config_lib
     from jaxseq import train
 
-    config = config_lib.load_config(config_path, overrides)
     data = train.open_data(config)
-    return config, data.genome.as_mapping(), data.splits
+    return data.genome.as_mapping(), data.splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -487,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m jaxseq.splits audit ...``; returns the exit code (2 with one ``error:`` line)."""
-    from jaxseq.config import ConfigError
+    from jaxseq.config import ConfigError, load_config
     from jaxseq.genome import GenomeError
     from jaxseq.splits import SplitError
 
@@ -498,8 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise AuditError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         if args.json and Path(args.json).is_dir():
             raise AuditError(f"--json {args.json} is a directory")
-        _check_k(args.k)
-        config, tokens, splits = open_config_splits(args.config, args.overrides)
+        config = load_config(args.config, args.overrides)
+        _check_k(args.k, config.data.window_len)
+        tokens, splits = open_config_splits(config)
         report = audit_splits(tokens, splits, k=args.k, window_len=config.data.window_len, top=args.top,
                               bins=args.bins, max_kmers_per_pass=args.max_kmers_per_pass)
         print(format_report(report))

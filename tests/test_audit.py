@@ -7,6 +7,7 @@ import pytest
 
 from jaxseq import audit
 from jaxseq import tokens as tok
+from jaxseq.config import load_config
 from jaxseq.splits import Interval, compute_splits
 
 K = 16
@@ -160,7 +161,7 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     assert set(report["splits"]) == {"valid", "test"}
     assert "largest shared regions" in printed and "k=20" in printed
     # The same genome and config, audited in-process, gives the same report.
-    config, tokens, splits = audit.open_config_splits(None, [s for s in sets if s != "--set"])
+    tokens, splits = audit.open_config_splits(load_config(None, [s for s in sets if s != "--set"]))
     assert audit.audit_splits(tokens, splits, k=20, window_len=64) == report
 
 
