@@ -64,6 +64,21 @@ def test_windows_are_labelled_by_their_centre_and_leave_out_n(tiny):
     assert len(windows["test"]["labels"]) == 1
 
 
+def test_fasta_section_is_written_as_fasta(tmp_path):
+    path = tmp_path / "a.gff3"
+    path.write_text(TINY_GFF3 + "##FASTA\n>r1 first record\nACGT\n\nAC\n>r2\nGG\n")
+    out = tmp_path / "a.fa"
+    assert gff3.write_fasta_section(path, out) == ["r1", "r2"]
+    assert out.read_text() == ">r1 first record\nACGT\nAC\n>r2\nGG\n"
+    plain = tmp_path / "plain.gff3"
+    plain.write_text(TINY_GFF3)
+    assert gff3.write_fasta_section(plain, tmp_path / "none.fa") == [] and not (tmp_path / "none.fa").exists()
+    broken = tmp_path / "broken.gff3"
+    broken.write_text(TINY_GFF3 + "##FASTA\nACGT\n")
+    with pytest.raises(gff3.GFF3Error, match=r"broken.gff3:11: sequence before any '>'"):
+        gff3.write_fasta_section(broken, tmp_path / "b.fa")
+
+
 def test_auroc_and_balanced_accuracy_against_hand_values():
     labels = np.array([True, False, True, False, True])
     scores = np.array([0.9, 0.8, 0.8, 0.1, 0.5])

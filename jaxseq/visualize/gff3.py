@@ -299,8 +299,8 @@ def write_fasta_section(path: str | Path, out: str | Path) -> list[str]:
                     writer = writer or open(out, "w", encoding="utf-8")
                 elif line.strip() and writer is None:
                     raise GFF3Error(f"{path}:{lineno}: sequence before any '>' header in the ##FASTA section")
-                if writer is not None:
-                    writer.write(line if line.endswith("\n") else line + "\n")
+                if writer is not None and line.strip():  # blank lines would break a FASTA's fixed layout
+                    writer.write(line.rstrip("\r\n") + "\n")
     finally:
         if writer is not None:
             writer.close()
