@@ -509,3 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == "__main__":  # the documented entry point is python -m jaxseq.splits audit
+    raise SystemExit(main())
