@@ -96,7 +96,7 @@ def format_table(results: list[dict]) -> str:
              f"{'valid win %':>11} {'test win %':>10} {'valid bp %':>10} {'test bp %':>9}"]
     for r in results:
         v, t = r["splits"]["valid"], r["splits"]["test"]
-        lines.append(f"{r['case']:<10} {r['bases'] / 1e6:>7.1f} {r['k']:>3} {r['seconds']:>8.1f} "
+        lines.append(f"{r['case']:<10} {r['bases'] / 1e6:>7.1f} {r['k']:>3} {r['seconds']:>8.1f} {r['cpu_seconds']:>7.1f} "
                      f"{r['rss_before_mb']:>7.0f} {r['peak_rss_mb']:>8.0f} {100 * v['shared_window_fraction']:>11.2f} "
                      f"{100 * t['shared_window_fraction']:>10.2f} {100 * v['shared_base_fraction']:>10.2f} "
                      f"{100 * t['shared_base_fraction']:>9.2f}")
