@@ -144,8 +144,9 @@ def test_cli_probes_a_tiny_trained_run_from_the_gff3_fasta_section(tmp_path, cap
     fasta = tmp_path / "planted.fa"
     assert gff3.write_fasta_section(path, fasta) == ["s1", "s2"]
     small = ["model.name=autoencoder", "model.kernel_len=5", "model.latent_len=4", "data.window_len=32",
-             "train.batch_size=16", "train.num_steps=4", "train.eval_every=4", "train.checkpoint_every=4",
-             "train.histogram_every=0", "train.examples=0", "train.eval_max_windows=32", "train.log_every=4",
+             "train.batch_size=16", "train.num_steps=2", "train.steps_per_call=1", "train.eval_every=2",
+             "train.checkpoint_every=2", "train.histogram_every=0", "train.examples=0", "train.eval_max_windows=32",
+             "train.log_every=2",
              f"data.fasta={fasta}", f"data.cache_dir={tmp_path / 'cache'}"]
     train.train_and_evaluate(load_config(None, small), tmp_path / "run")
     out = tmp_path / "probe.json"
