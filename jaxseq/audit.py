@@ -21,6 +21,8 @@ approximate. Instead the k-mer space is cut by a hash into ``passes`` buckets an
 only one bucket's sorted set (``max_kmers_per_pass`` k-mers at most, 128 MB by default): the answer
 stays exact, memory is bounded, and the price is recomputing the packed k-mers once per pass (cheap,
 vectorised by doubling). A bool mark per base (1 byte/base) records the shared k-mer starts.
+Measured by ``experiments/benchmark_audit.py`` (k = 32, default splits): a 100 Mb genome takes 5
+passes, 84 s of CPU and 0.78 GB peak RSS (memory-mapped genome included); E. coli 2.4 s and 0.25 GB.
 
 Command line (``python -m jaxseq.splits audit``; this module's :func:`main` reads the same words)::
 
