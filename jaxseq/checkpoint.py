@@ -12,12 +12,27 @@ Failures while saving (disk full, an unwritable or vanished run directory, ...) 
 space left on device``), whether they happen in the call or in orbax's background thread; a failed
 save never touches the checkpoints committed before it. :func:`lock_run_directory` keeps two
 training processes from writing the same run directory.
+
+Checkpoints are verified. Once a step has committed (orbax renames its directory when the
+background save is finalised; :func:`wait`, which every :func:`save` calls first, confirms it), the
+sha256 and size of every file in it are written to ``<step>/checksums.json``. :func:`restore` and
+:func:`read_meta` check them before orbax reads anything, so a damaged step raises
+:class:`CorruptCheckpointError` naming the step, the file and what differs, instead of restoring
+garbage. A step committed without a manifest (a process killed between commit and manifest, or a
+checkpoint of an earlier release) is still accepted: its JSON metadata is checked for readability
+and any failure of orbax to read it is reported the same way; :func:`verify` returns False for it
+(verification not available). :func:`restore_latest_intact` is the fallback of a resumed run: it
+moves damaged steps to ``checkpoints/damaged/`` (never deleting them) and restores the newest
+intact one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import re
@@ -25,7 +40,7 @@ import socket
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -33,6 +48,26 @@ import orbax.checkpoint as ocp
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not match the model being restored."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A committed step is damaged: a file differs from its checksum, is missing, or cannot be read.
+
+    Attributes:
+      step: the damaged step.
+      file: the damaged file (absolute path).
+      what: what failed, e.g. ``sha256 differs from the one recorded when it was saved``.
+    """
+
+    def __init__(self, step: int, file: str | Path, what: str):
+        self.step, self.file, self.what = int(step), Path(file), what
+        super().__init__(f"checkpoint step {step} is damaged: {file}: {what}")
+
+
+MANIFEST = "checksums.json"
+DAMAGED_DIR = "damaged"
+# The JSON files orbax parses; checked for readability in steps without a manifest.
+_JSON_FILES = ("_CHECKPOINT_METADATA", "meta/metadata", "loader/metadata", "state/_METADATA")
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -51,18 +86,30 @@ def create_manager(workdir: str | Path, max_to_keep: int = 3, read_only: bool = 
     Returns:
       An orbax ``CheckpointManager``; saves are asynchronous, call :func:`wait` before exiting.
     """
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        create=not read_only,
-        read_only=read_only,
-        cleanup_tmp_directories=not read_only,
-        enable_async_checkpointing=True,
-    )
     # Handlers named up front, so a manager opened on an existing run (evaluation, resume) can read
     # item metadata before anything was saved through it.
     handlers = {"state": ocp.StandardCheckpointHandler(), "loader": ocp.JsonCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+    with _quiet_orbax():
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+                                               cleanup_tmp_directories=not read_only, enable_async_checkpointing=True)
+        return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Silences orbax's absl log lines while it opens or reads steps.
+
+    It logs a damaged ``_CHECKPOINT_METADATA`` as an ERROR with the file's content, and announces
+    read-only options as WARNINGs; damage is reported by this module in one line instead.
+    """
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # The step each manager is saving in the background, so an error orbax raises later (at the next
@@ -87,8 +134,7 @@ def describe_os_error(err: BaseException) -> str:
             code = int(match.group(1))
             return f"[Errno {code}] {os.strerror(code)}"
         e = e.__cause__ or e.__context__
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return text if len(text) <= 300 else text[:300] + "..."
+    return _first_line(err, 300)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, loader_state: dict, meta: dict) -> None:
@@ -135,7 +181,51 @@ def wait(manager: ocp.CheckpointManager) -> None:
         step = _pending_steps.pop(manager, None)
         what = f"checkpoint step {step}" if step is not None else "a checkpoint"
         raise CheckpointError(f"cannot save {what} in {manager.directory}: {describe_os_error(err)}") from err
-    _pending_steps.pop(manager, None)
+    step = _pending_steps.pop(manager, None)
+    step_dir = Path(manager.directory) / str(step)
+    if step is not None and step_dir.is_dir():
+        try:
+            write_manifest(step_dir)
+        except OSError as err:
+            raise CheckpointError(f"cannot save the checksums of checkpoint step {step} in {manager.directory}: "
+                                  f"{describe_os_error(err)}") from err
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_manifest(step_dir: str | Path) -> Path:
+    """Records the size and sha256 of every file of a committed step in ``<step_dir>/checksums.json``.
+
+    Written to a temporary file and renamed, so a step has either a whole manifest or none.
+
+    Args:
+      step_dir: a committed step directory, ``checkpoints/<step>``.
+
+    Returns:
+      The manifest's path.
+
+    Raises:
+      OSError: the step cannot be read or the manifest cannot be written (the step stays as it was).
+    """
+    step_dir = Path(step_dir)
+    files = {}
+    for path in sorted(step_dir.rglob("*")):
+        if path.is_file() and not path.name.startswith(MANIFEST):
+            files[path.relative_to(step_dir).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    tmp, final = step_dir / (MANIFEST + ".tmp"), step_dir / MANIFEST
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"version": 1, "files": files}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return final
 
 
 def committed_steps(workdir: str | Path) -> list[int]:
@@ -158,8 +248,15 @@ def latest_step(manager: ocp.CheckpointManager) -> int | None:
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
-    """The ``meta`` item of a step (config etc.), without touching the arrays."""
-    restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    """The ``meta`` item of a step (config etc.), without touching the arrays.
+
+    Raises:
+      CorruptCheckpointError: the step's metadata files fail verification or cannot be read.
+    """
+    step_dir = Path(manager.directory) / str(step)
+    verified = _verify_step(step_dir, step, only=("meta/", "_CHECKPOINT_METADATA"))
+    with _reading(step_dir, step, verified):
+        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return restored["meta"]
 
 
@@ -177,27 +274,203 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
       ``(state, loader_state, meta)``.
 
     Raises:
+      CorruptCheckpointError: the step fails verification (checked first) or cannot be read.
       CheckpointError: the step does not exist, or its arrays do not match ``abstract_state``
         (the message lists the differing entries).
     """
     if step not in manager.all_steps():
         raise CheckpointError(f"no checkpoint at step {step} in {manager.directory}; "
                               f"available: {sorted(manager.all_steps()) or 'none'}")
+    step_dir = Path(manager.directory) / str(step)
+    verified = _verify_step(step_dir, step)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    stored = manager.item_metadata(step)["state"]
+    with _reading(step_dir, step, verified):
+        stored = manager.item_metadata(step)["state"]
     differences = _structure_differences(stored, target)
     if differences:
         shown = "; ".join(differences[:6]) + (f"; ... ({len(differences)} in all)" if len(differences) > 6 else "")
         raise CheckpointError(f"checkpoint step {step} in {manager.directory} does not match the model: {shown}")
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target),
-            loader=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
+    with _reading(step_dir, step, verified):
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), loader=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["loader"], restored["meta"]
+
+
+def verify(workdir: str | Path, step: int) -> bool:
+    """Checks every file of a committed step against the checksums recorded when it was saved.
+
+    Args:
+      workdir: the run directory.
+      step: a committed step.
+
+    Returns:
+      True when the step was checked against its manifest; False when it has none (committed by an
+      earlier release, or the process stopped between commit and manifest): verification is not
+      available, only its JSON metadata was checked for readability.
+
+    Raises:
+      CorruptCheckpointError: a file is missing, has another size or sha256, or cannot be read;
+        or the manifest itself is unreadable.
+      CheckpointError: there is no such step.
+    """
+    return _verify_step(checkpoint_dir(workdir) / str(step), step)
+
+
+def _verify_step(step_dir: Path, step: int, only: tuple[str, ...] = ()) -> bool:
+    """:func:`verify` on a step directory; ``only``: check just the files whose paths start so."""
+    if not step_dir.is_dir():
+        raise CheckpointError(f"no checkpoint at step {step} in {step_dir.parent}")
+    manifest = _read_manifest(step_dir, step)
+    if manifest is None:
+        for rel in _JSON_FILES:
+            if not only or rel.startswith(only):
+                _check_json(step_dir / rel, step)
+        return False
+    for rel, entry in manifest.items():
+        if only and not rel.startswith(only):
+            continue
+        path = step_dir / rel
+        try:
+            size = path.stat().st_size
+            if size != entry["size"]:
+                raise CorruptCheckpointError(step, path, f"{size} bytes, but {entry['size']} were written")
+            if _sha256(path) != entry["sha256"]:
+                raise CorruptCheckpointError(step, path, "sha256 differs from the one recorded when it was saved")
+        except FileNotFoundError:
+            raise CorruptCheckpointError(step, path, f"missing (listed in {MANIFEST})") from None
+        except OSError as err:
+            raise CorruptCheckpointError(step, path, f"cannot read: {describe_os_error(err)}") from None
+    return True
+
+
+def _read_manifest(step_dir: Path, step: int) -> dict[str, dict] | None:
+    path = step_dir / MANIFEST
+    try:
+        files = json.loads(path.read_bytes().decode("utf-8"))["files"]
+        if not all(isinstance(e, dict) and isinstance(e.get("size"), int) and isinstance(e.get("sha256"), str)
+                   for e in files.values()):
+            raise ValueError("an entry lacks size or sha256")
+        return files
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise CorruptCheckpointError(step, path, f"cannot read: {describe_os_error(err)}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CorruptCheckpointError(step, path, f"not a checksum manifest ({_first_line(err)})") from None
+
+
+def _check_json(path: Path, step: int) -> None:
+    try:
+        text = path.read_bytes().decode("utf-8")
+        if not text.strip():
+            raise CorruptCheckpointError(step, path, "empty (truncated)")
+        json.loads(text)
+    except FileNotFoundError:
+        raise CorruptCheckpointError(step, path, "missing") from None
+    except OSError as err:
+        raise CorruptCheckpointError(step, path, f"cannot read: {describe_os_error(err)}") from None
+    except UnicodeDecodeError:
+        raise CorruptCheckpointError(step, path, "not UTF-8 text (damaged)") from None
+    except ValueError as err:
+        raise CorruptCheckpointError(step, path, f"not valid JSON ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@contextlib.contextmanager
+def _reading(step_dir: Path, step: int, verified: bool):
+    """Turns any failure of orbax to read a step into one line naming the step and, when known, the file.
+
+    A verified step's files are intact, so a failure is not damage (a plain CheckpointError);
+    an unverified step's failure is taken as damage, naming the file tensorstore names.
+    """
+    try:
+        with _quiet_orbax():
+            yield
+    except CheckpointError:
+        raise
+    except Exception as err:  # orbax/tensorstore raise ValueError, OSError, JSONDecodeError, RuntimeError
+        if verified:
+            raise CheckpointError(f"cannot read checkpoint step {step} in {step_dir.parent}: "
+                                  f"{_first_line(err)}") from None
+        named = re.findall(r'local file "([^"]+)"', str(err))  # the last is the innermost: the file itself
+        path = Path(named[-1]) if named else step_dir / "state"
+        raise CorruptCheckpointError(step, path, f"cannot be read ({_first_line(err, 160)})") from None
+
+
+def intact_steps(workdir: str | Path) -> list[int]:
+    """Committed steps that pass :func:`verify` (steps without a manifest count as intact), oldest first."""
+    out = []
+    for step in committed_steps(workdir):
+        with contextlib.suppress(CorruptCheckpointError):
+            verify(workdir, step)
+            out.append(step)
+    return out
+
+
+def set_aside(workdir: str | Path, step: int) -> Path:
+    """Moves a damaged step out of the manager's way, to ``checkpoints/damaged/<step>-<time>``; never deletes it.
+
+    Args:
+      workdir: the run directory.
+      step: a committed step.
+
+    Returns:
+      The step directory's new path (a manager opened before must ``reload()``).
+
+    Raises:
+      CheckpointError: the step cannot be moved (names the reason).
+    """
+    root = checkpoint_dir(workdir)
+    target = root / DAMAGED_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while target.exists():
+        target, n = target.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    try:
+        target.parent.mkdir(exist_ok=True)
+        os.rename(root / str(step), target)
+    except OSError as err:
+        raise CheckpointError(f"cannot set aside damaged checkpoint step {step} in {root}: "
+                              f"{describe_os_error(err)}") from None
+    return target
+
+
+def restore_latest_intact(manager: ocp.CheckpointManager, abstract_state: Any,
+                          log: Callable[[str], None] = print) -> tuple[int, Any, dict, dict] | None:
+    """Restores the newest intact step, setting aside (and reporting) every damaged newer one.
+
+    Args:
+      manager: from :func:`create_manager` (not read-only: damaged steps are moved).
+      abstract_state: as for :func:`restore`.
+      log: receives one line per damaged step set aside.
+
+    Returns:
+      ``(step, state, loader_state, meta)``, or None when no step is committed.
+
+    Raises:
+      CheckpointError: every committed step was damaged (all set aside; names where), a step cannot be
+        set aside, or an intact step does not match ``abstract_state``.
+    """
+    workdir = Path(manager.directory).parent
+    damaged = []
+    try:
+        for step in reversed(committed_steps(workdir)):
+            try:
+                return (step, *restore(manager, step, abstract_state))
+            except CorruptCheckpointError as err:
+                place = set_aside(workdir, step)
+                damaged.append(step)
+                log(f"warning: {err}; moved it to {place} and falling back to the previous checkpoint")
+    finally:
+        if damaged:
+            manager.reload()
+    if damaged:
+        raise CheckpointError(f"no intact checkpoint in {checkpoint_dir(workdir)}: damaged steps "
+                              f"{', '.join(map(str, damaged))} were moved to {checkpoint_dir(workdir) / DAMAGED_DIR}")
+    return None
 
 
 def _key_name(key: Any) -> str:
