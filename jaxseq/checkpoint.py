@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -396,9 +397,30 @@ def _reading(step_dir: Path, step: int, verified: bool):
         if verified:
             raise CheckpointError(f"cannot read checkpoint step {step} in {step_dir.parent}: "
                                   f"{_first_line(err)}") from None
+        _ignore_closed_loop_callbacks()
         named = re.findall(r'local file "([^"]+)"', str(err))  # the last is the innermost: the file itself
         path = Path(named[-1]) if named else step_dir / "state"
         raise CorruptCheckpointError(step, path, f"cannot be read ({_first_line(err, 160)})") from None
+
+
+def _ignore_closed_loop_callbacks() -> None:
+    """Keeps tensorstore's late callbacks of an aborted orbax read from printing tracebacks.
+
+    When one read of a damaged step fails, orbax closes its asyncio loop while tensorstore still
+    completes the other reads; each completion calls ``loop.call_soon_threadsafe`` on the closed loop
+    and tensorstore prints the resulting ``RuntimeError: Event loop is closed`` through
+    ``sys.excepthook``, until the process exits. Those are the only errors this hook drops.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(kind, value, tb):
+        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+            previous(kind, value, tb)
+
+    hook._drops_closed_loop = True
+    sys.excepthook = hook
 
 
 def intact_steps(workdir: str | Path) -> list[int]:
