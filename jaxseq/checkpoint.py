@@ -13,17 +13,12 @@ space left on device``), whether they happen in the call or in orbax's backgroun
 save never touches the checkpoints committed before it. :func:`lock_run_directory` keeps two
 training processes from writing the same run directory.
 
-Checkpoints are verified. Once a step has committed (orbax renames its directory when the
-background save is finalised; :func:`wait`, which every :func:`save` calls first, confirms it), the
-sha256 and size of every file in it are written to ``<step>/checksums.json``. :func:`restore` and
-:func:`read_meta` check them before orbax reads anything, so a damaged step raises
-:class:`CorruptCheckpointError` naming the step, the file and what differs, instead of restoring
-garbage. A step committed without a manifest (a process killed between commit and manifest, or a
-checkpoint of an earlier release) is still accepted: its JSON metadata is checked for readability
-and any failure of orbax to read it is reported the same way; :func:`verify` returns False for it
-(verification not available). :func:`restore_latest_intact` is the fallback of a resumed run: it
-moves damaged steps to ``checkpoints/damaged/`` (never deleting them) and restores the newest
-intact one.
+Checkpoints are verified: once a step has committed (:func:`wait`, which every :func:`save` calls
+first, confirms orbax's rename), the size and sha256 of each of its files go to ``<step>/checksums.json``;
+:func:`restore` and :func:`read_meta` check them first and raise :class:`CorruptCheckpointError` (step,
+file, what differs). A step without a manifest (earlier release, or killed before it was written) is
+accepted unverified, its failures reported the same way. :func:`restore_latest_intact` moves damaged
+steps to ``checkpoints/damaged/`` (never deleting them) and restores the newest intact one.
 """
 
 from __future__ import annotations
@@ -52,13 +47,8 @@ class CheckpointError(RuntimeError):
 
 
 class CorruptCheckpointError(CheckpointError):
-    """A committed step is damaged: a file differs from its checksum, is missing, or cannot be read.
-
-    Attributes:
-      step: the damaged step.
-      file: the damaged file (absolute path).
-      what: what failed, e.g. ``sha256 differs from the one recorded when it was saved``.
-    """
+    """A committed step is damaged: ``file`` (a Path) of ``step`` differs from its checksum, is missing or
+    unreadable; ``what`` says which."""
 
     def __init__(self, step: int, file: str | Path, what: str):
         self.step, self.file, self.what = int(step), Path(file), what
@@ -155,15 +145,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, loader_state: di
     wait(manager)
     _pending_steps[manager] = step
     try:
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                loader=ocp.args.JsonSave(loader_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   loader=ocp.args.JsonSave(loader_state),
+                                                   meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as err:  # orbax/tensorstore raise ValueError, OSError, RuntimeError for I/O failures
         _pending_steps.pop(manager, None)
         raise CheckpointError(f"cannot save checkpoint step {step} in {manager.directory}: "
@@ -171,10 +155,12 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, loader_state: di
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
-    """Blocks until pending saves are committed to disk (an async save is lost if the process exits first).
+    """Blocks until pending saves are committed to disk (an async save is lost if the process exits first),
+    then writes the committed step's ``checksums.json``.
 
     Raises:
-      CheckpointError: the background save failed; names its step and the reason.
+      CheckpointError: the background save, or the manifest of the step it committed, failed; names its
+        step and the reason (a step committed without manifest stays usable, unverified).
     """
     try:
         manager.wait_until_finished()
@@ -255,10 +241,12 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
       CorruptCheckpointError: the step's metadata files fail verification or cannot be read.
     """
     step_dir = Path(manager.directory) / str(step)
-    verified = _verify_step(step_dir, step, only=("meta/", "_CHECKPOINT_METADATA"))
-    with _reading(step_dir, step, verified):
-        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return restored["meta"]
+    return _read_meta_checked(manager, step, _verify_step(step_dir, step, only=("meta/", "_CHECKPOINT_METADATA")))
+
+
+def _read_meta_checked(manager: ocp.CheckpointManager, step: int, verified: bool) -> dict:
+    with _reading(Path(manager.directory) / str(step), step, verified):
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
@@ -283,7 +271,13 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
         raise CheckpointError(f"no checkpoint at step {step} in {manager.directory}; "
                               f"available: {sorted(manager.all_steps()) or 'none'}")
     step_dir = Path(manager.directory) / str(step)
-    verified = _verify_step(step_dir, step)
+    return _restore_checked(manager, step, abstract_state, _verify_step(step_dir, step))
+
+
+def _restore_checked(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+                     verified: bool) -> tuple[Any, dict, dict]:
+    """:func:`restore` of a step that :func:`_verify_step` passed (``verified``: it had a manifest)."""
+    step_dir = Path(manager.directory) / str(step)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     with _reading(step_dir, step, verified):
         stored = manager.item_metadata(step)["state"]
@@ -321,21 +315,24 @@ def _verify_step(step_dir: Path, step: int, only: tuple[str, ...] = ()) -> bool:
     """:func:`verify` on a step directory; ``only``: check just the files whose paths start so."""
     if not step_dir.is_dir():
         raise CheckpointError(f"no checkpoint at step {step} in {step_dir.parent}")
-    manifest = _read_manifest(step_dir, step)
+    manifest = _read_json(step_dir / MANIFEST, step, missing_ok=True)
     if manifest is None:
         for rel in _JSON_FILES:
             if not only or rel.startswith(only):
-                _check_json(step_dir / rel, step)
+                _read_json(step_dir / rel, step)
         return False
-    for rel, entry in manifest.items():
+    try:
+        files = {rel: (int(entry["size"]), str(entry["sha256"])) for rel, entry in manifest["files"].items()}
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise CorruptCheckpointError(step, step_dir / MANIFEST, "not a checksum manifest") from None
+    for rel, (size, digest) in files.items():
         if only and not rel.startswith(only):
             continue
         path = step_dir / rel
         try:
-            size = path.stat().st_size
-            if size != entry["size"]:
-                raise CorruptCheckpointError(step, path, f"{size} bytes, but {entry['size']} were written")
-            if _sha256(path) != entry["sha256"]:
+            if path.stat().st_size != size:
+                raise CorruptCheckpointError(step, path, f"{path.stat().st_size} bytes, but {size} were written")
+            if _sha256(path) != digest:
                 raise CorruptCheckpointError(step, path, "sha256 differs from the one recorded when it was saved")
         except FileNotFoundError:
             raise CorruptCheckpointError(step, path, f"missing (listed in {MANIFEST})") from None
@@ -344,29 +341,16 @@ def _verify_step(step_dir: Path, step: int, only: tuple[str, ...] = ()) -> bool:
     return True
 
 
-def _read_manifest(step_dir: Path, step: int) -> dict[str, dict] | None:
-    path = step_dir / MANIFEST
-    try:
-        files = json.loads(path.read_bytes().decode("utf-8"))["files"]
-        if not all(isinstance(e, dict) and isinstance(e.get("size"), int) and isinstance(e.get("sha256"), str)
-                   for e in files.values()):
-            raise ValueError("an entry lacks size or sha256")
-        return files
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise CorruptCheckpointError(step, path, f"cannot read: {describe_os_error(err)}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CorruptCheckpointError(step, path, f"not a checksum manifest ({_first_line(err)})") from None
-
-
-def _check_json(path: Path, step: int) -> None:
+def _read_json(path: Path, step: int, missing_ok: bool = False) -> Any:
+    """A JSON file of a step, parsed (None if missing and ``missing_ok``); damage raises naming it."""
     try:
         text = path.read_bytes().decode("utf-8")
         if not text.strip():
             raise CorruptCheckpointError(step, path, "empty (truncated)")
-        json.loads(text)
+        return json.loads(text)
     except FileNotFoundError:
+        if missing_ok:
+            return None
         raise CorruptCheckpointError(step, path, "missing") from None
     except OSError as err:
         raise CorruptCheckpointError(step, path, f"cannot read: {describe_os_error(err)}") from None
@@ -388,6 +372,7 @@ def _reading(step_dir: Path, step: int, verified: bool):
     A verified step's files are intact, so a failure is not damage (a plain CheckpointError);
     an unverified step's failure is taken as damage, naming the file tensorstore names.
     """
+    _ignore_closed_loop_callbacks()  # before reading: a failing read's other reads may complete at any time
     try:
         with _quiet_orbax():
             yield
@@ -397,10 +382,13 @@ def _reading(step_dir: Path, step: int, verified: bool):
         if verified:
             raise CheckpointError(f"cannot read checkpoint step {step} in {step_dir.parent}: "
                                   f"{_first_line(err)}") from None
-        _ignore_closed_loop_callbacks()
         named = re.findall(r'local file "([^"]+)"', str(err))  # the last is the innermost: the file itself
         path = Path(named[-1]) if named else step_dir / "state"
         raise CorruptCheckpointError(step, path, f"cannot be read ({_first_line(err, 160)})") from None
+
+
+def _closed_loop(value: BaseException | None) -> bool:
+    return type(value) is RuntimeError and str(value) == "Event loop is closed"
 
 
 def _ignore_closed_loop_callbacks() -> None:
@@ -408,19 +396,26 @@ def _ignore_closed_loop_callbacks() -> None:
 
     When one read of a damaged step fails, orbax closes its asyncio loop while tensorstore still
     completes the other reads; each completion calls ``loop.call_soon_threadsafe`` on the closed loop
-    and tensorstore prints the resulting ``RuntimeError: Event loop is closed`` through
-    ``sys.excepthook``, until the process exits. Those are the only errors this hook drops.
+    and the resulting ``RuntimeError: Event loop is closed`` is printed through ``sys.excepthook`` or
+    ``sys.unraisablehook``, until the process exits. Those are the only errors these hooks drop.
     """
-    previous = sys.excepthook
-    if getattr(previous, "_drops_closed_loop", False):
-        return
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
 
-    def hook(kind, value, tb):
-        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
-            previous(kind, value, tb)
+    def on_exception(kind, value, tb):
+        if not _closed_loop(value):
+            excepthook(kind, value, tb)
 
-    hook._drops_closed_loop = True
-    sys.excepthook = hook
+    def on_unraisable(info):
+        if not _closed_loop(info.exc_value):
+            unraisablehook(info)
+
+    # Each hook wrapped once (a test runner may have replaced one since).
+    if not getattr(excepthook, "_drops_closed_loop", False):
+        on_exception._drops_closed_loop = True
+        sys.excepthook = on_exception
+    if not getattr(unraisablehook, "_drops_closed_loop", False):
+        on_unraisable._drops_closed_loop = True
+        sys.unraisablehook = on_unraisable
 
 
 def intact_steps(workdir: str | Path) -> list[int]:
@@ -460,14 +455,17 @@ def set_aside(workdir: str | Path, step: int) -> Path:
     return target
 
 
-def restore_latest_intact(manager: ocp.CheckpointManager, abstract_state: Any,
-                          log: Callable[[str], None] = print) -> tuple[int, Any, dict, dict] | None:
+def restore_latest_intact(manager: ocp.CheckpointManager, abstract_state: Any, log: Callable[[str], None] = print,
+                          check_meta: Callable[[int, dict], None] | None = None) -> tuple[int, Any, dict, dict] | None:
     """Restores the newest intact step, setting aside (and reporting) every damaged newer one.
 
     Args:
       manager: from :func:`create_manager` (not read-only: damaged steps are moved).
       abstract_state: as for :func:`restore`.
       log: receives one line per damaged step set aside.
+      check_meta: called with ``(step, meta)`` of the step about to be restored, after its metadata
+        is verified and before its arrays are read; what it raises propagates (e.g. a ConfigError
+        naming the model settings that changed, rather than a list of tensor shapes).
 
     Returns:
       ``(step, state, loader_state, meta)``, or None when no step is committed.
@@ -481,7 +479,10 @@ def restore_latest_intact(manager: ocp.CheckpointManager, abstract_state: Any,
     try:
         for step in reversed(committed_steps(workdir)):
             try:
-                return (step, *restore(manager, step, abstract_state))
+                verified = verify(workdir, step)  # every file, once, before the caller's check
+                if check_meta is not None:
+                    check_meta(step, _read_meta_checked(manager, step, verified))
+                return (step, *_restore_checked(manager, step, abstract_state, verified))
             except CorruptCheckpointError as err:
                 place = set_aside(workdir, step)
                 damaged.append(step)

@@ -95,7 +95,8 @@ def test_clean_steps_verify_and_restore(saved, capfd):
     ("loader/metadata", lambda p: p.write_bytes(b""), "0 bytes, but"),
     ("_CHECKPOINT_METADATA", lambda p: p.write_bytes(b""), "0 bytes, but"),
     ("largest array", Path.unlink, "missing"),
-    (checkpoint.MANIFEST, flip, "not a checksum manifest"),
+    (checkpoint.MANIFEST, flip, "not UTF-8 text"),
+    (checkpoint.MANIFEST, lambda p: p.write_text('{"files": {"meta/metadata": 3}}'), "not a checksum manifest"),
 ])
 def test_damaged_file_is_named_with_its_step(run, saved, capfd, kind, damage, what):
     path = step_file(run, kind)
@@ -146,8 +147,10 @@ def test_restore_latest_intact_sets_the_damaged_step_aside_and_falls_back(run, s
     flip(path)
     damaged_bytes = path.read_bytes()
     manager = checkpoint.create_manager(run)
-    lines = []
-    step, state, loader_state, meta = checkpoint.restore_latest_intact(manager, saved[1], log=lines.append)
+    lines, checked = [], []
+    step, state, loader_state, meta = checkpoint.restore_latest_intact(
+        manager, saved[1], log=lines.append, check_meta=lambda s, m: checked.append((s, m)))
+    assert checked == [(10, {"config": {"step": 10}})]  # step 20's arrays failed verification before it
     assert (step, int(state.step), loader_state) == (10, 10, {"position": 10})
     np.testing.assert_array_equal(jax.tree.leaves(state.params)[0], saved[2][10])
     (aside,) = (checkpoint.checkpoint_dir(run) / checkpoint.DAMAGED_DIR).iterdir()
@@ -160,6 +163,13 @@ def test_restore_latest_intact_sets_the_damaged_step_aside_and_falls_back(run, s
     checkpoint.wait(manager)
     assert checkpoint.intact_steps(run) == [10, 30]
     assert checkpoint.restore_latest_intact(manager, saved[1], log=lines.append)[0] == 30 and len(lines) == 1
+
+    def refuse(step, meta):
+        raise ValueError(f"step {step}: another model")
+
+    with pytest.raises(ValueError, match="step 30: another model"):  # the caller's check propagates; nothing moved
+        checkpoint.restore_latest_intact(manager, saved[1], check_meta=refuse)
+    assert checkpoint.committed_steps(run) == [10, 30]
     manager.close()
     assert_quiet(capfd)
 
