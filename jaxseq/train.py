@@ -180,8 +180,9 @@ class _Loop:
         """Trains to ``train.num_steps`` or a stop signal, logging, evaluating and saving on the way."""
         t = self.t
         # Not on a terminal (logs, CI) a line per refresh floods the file: refresh every 30 s there.
-        self.bar = tqdm(total=t.num_steps, initial=self.step, disable=not self.main, desc="compiling",
-                        unit="step", dynamic_ncols=True, bar_format="{desc}: step {n}/{total} ({elapsed})",
+        self.bar = tqdm(total=t.num_steps, initial=self.step, disable=not self.main or self.step >= t.num_steps,
+                        desc="compiling", unit="step", dynamic_ncols=True,
+                        bar_format="{desc}: step {n}/{total} ({elapsed})",
                         mininterval=0.1 if sys.stderr.isatty() else 30.0)
         try:
             while self.step < t.num_steps and not parallel.any_process(self.stop.signum is not None):
