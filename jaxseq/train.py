@@ -260,12 +260,20 @@ def _open_inputs(config: Config, workdir: Path, require_checkpoint: bool):
 
 
 def _finished(config: Config, workdir: Path) -> dict | None:
-    """The final metrics of a run that already trained to ``train.num_steps`` and evaluated, else None."""
+    """The final metrics of a run that already trained to ``train.num_steps`` and evaluated, else None.
+
+    Only with unchanged settings: any change takes the normal path, which checks it (and refuses one
+    that changes the model).
+    """
     final = rundir.read_final_metrics(workdir)
     found = checkpoint.committed_steps(workdir)
-    if final and found and final.get("step") == found[-1] >= config.train.num_steps:
-        return final
-    return None
+    if not (final and found and final.get("step") == found[-1] >= config.train.num_steps):
+        return None
+    try:
+        saved = config_lib.load_config(workdir / "config.yaml")
+    except ConfigError:
+        return None
+    return None if rundir.changed_settings(saved, config) else final
 
 
 def _open_run_directory(cleanup: contextlib.ExitStack, config: Config, workdir: Path, mesh, require_checkpoint: bool):
