@@ -12,9 +12,9 @@ Each implementation runs in its own subprocess (so thread pools never compete in
 times its train loop only, after ``--warmup`` steps that absorb start-up, jit compilation and the
 loader's first batches:
 
-* jaxseq: :func:`jaxseq.train.create_train_state`, then :func:`jaxseq.train.train_steps` under
+* jaxseq: :func:`jaxseq.steps.create_train_state`, then :func:`jaxseq.steps.build`'s train function under
   ``jax.jit`` (state donated), ``train.steps_per_call`` steps per call (``lax.scan``), batches from
-  :func:`jaxseq.train.create_train_loader` stacked and placed with :func:`jaxseq.parallel.shard_batch`,
+  :func:`jaxseq.steps.create_train_loader` stacked and placed with :func:`jaxseq.parallel.shard_batch`,
   metric sums accumulated on device: the loop of ``python -m jaxseq.train`` without logging,
   evaluation and checkpoints. The clock stops after ``block_until_ready`` on the final state. Run with
   the config's ``train.steps_per_call`` (10), with 1, and as ``step``: ``jax.jit(train_step)`` called once
@@ -96,7 +96,7 @@ def worker_jax(setup: str, fasta: str, steps: int, warmup: int, repeats: int, ex
     import jax
 
     from jaxseq import parallel
-    from jaxseq import train as jt
+    from jaxseq import steps as jt
 
     plain = steps_per_call == 0  # jit(train_step) per batch, no scan
     if steps_per_call:
@@ -109,9 +109,7 @@ def worker_jax(setup: str, fasta: str, steps: int, warmup: int, repeats: int, ex
     mesh = parallel.create_mesh(config.train.devices)
     state = jt.create_train_state(config, mesh)
     loader = jt.create_train_loader(config, data)
-    train_fn = jax.jit(functools.partial(jt.train_steps, hparam_schedules=jt.create_hparam_schedules(config),
-                                         neighbour_loss_weight=config.model.neighbour_loss_weight),
-                       donate_argnums=(0,))
+    built = jt.build(config)  # the jitted functions python -m jaxseq.train uses
     rng = jax.random.fold_in(jax.random.key(config.train.seed), 1)
     if plain:
         import numpy as np
@@ -120,7 +118,7 @@ def worker_jax(setup: str, fasta: str, steps: int, warmup: int, repeats: int, ex
                           donate_argnums=(0,))
         steps_total = config.train.num_steps
         tables = {name: np.broadcast_to(np.asarray(fn(np.arange(steps_total + 1)), np.float32), (steps_total + 1,))
-                  for name, fn in jt.create_hparam_schedules(config).items()}
+                  for name, fn in built.hparam_schedules.items()}
     done = 0
 
     def run(n_steps: int):
@@ -131,8 +129,8 @@ def worker_jax(setup: str, fasta: str, steps: int, warmup: int, repeats: int, ex
                 hparams = {name: table[done] for name, table in tables.items()}
                 state, metrics = step_fn(state, parallel.shard_batch(next(loader), mesh), rng, hparams)
             else:
-                host = jt._stack([next(loader) for _ in range(k)])
-                state, metrics = train_fn(state, parallel.shard_batch(host, mesh, leading_axes=1), rng)
+                host = jt.stack_batches([next(loader) for _ in range(k)])
+                state, metrics = built.train(state, parallel.shard_batch(host, mesh, leading_axes=1), rng)
             pending = jt.add_metrics(pending, metrics)
             done += k
         jax.block_until_ready(state)
@@ -153,7 +151,7 @@ def worker_torch(setup: str, fasta: str, steps: int, warmup: int, repeats: int, 
 
     from experiments.torch_baseline import train as tb
     from experiments.torch_baseline.models import create_model
-    from jaxseq import train as jt
+    from jaxseq import steps as jt
 
     torch.set_num_threads(threads)
     config = _config(setup, fasta, warmup + steps * repeats, extra)

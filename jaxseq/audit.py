@@ -460,11 +460,11 @@ def format_report(report: Mapping) -> str:
 def open_config_splits(config) -> tuple[dict[str, np.ndarray], dict[str, list[Interval]]]:
     """The config's genome tokens (record -> uint8 ``(length,)`` memmap) and its train/valid/test splits.
 
-    The one place that knows how a config becomes a genome and splits (today ``jaxseq.train.open_data``).
+    The one place that knows how a config becomes a genome and splits (``jaxseq.steps.open_data``).
     """
-    from jaxseq import train
+    from jaxseq import steps
 
-    data = train.open_data(config)
+    data = steps.open_data(config)
     return data.genome.as_mapping(), data.splits
 
 

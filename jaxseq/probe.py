@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import sys
@@ -165,9 +164,6 @@ def kmer_features(tokens: np.ndarray, ks: Sequence[int] = KMER_KS) -> np.ndarray
 def open_encoder(run_dir: str | Path, init_seed: int | None = None):
     """The run's config and a function embedding windows with its model (the one place that knows how).
 
-    Today ``jaxseq.evaluate.open_run`` + ``restore_state`` + ``create_model(config).apply``; with the
-    public ``jaxseq.load_run(run_dir).encode`` this function shrinks to a call of it.
-
     Args:
       run_dir: the training run directory.
       init_seed: None for the trained parameters; else a random initialisation of the same config with
@@ -176,34 +172,17 @@ def open_encoder(run_dir: str | Path, init_seed: int | None = None):
     Returns:
       ``(config, encode)``; ``encode(tokens uint8 (n, L)) -> float32 (n, D)`` flattened latents.
     """
-    import jax
+    from jaxseq.trained import TrainedModel, load_run
 
-    from jaxseq import evaluate, parallel, train
-
-    run = evaluate.open_run(run_dir)
-    try:
-        config = run.config
-        if init_seed is None:
-            state = evaluate.restore_state(run, parallel.create_mesh(1))
-        else:
-            config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=int(init_seed)))
-            state = train.create_train_state(config)
-    finally:
-        run.close()
-    model = train.create_model(config)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    latent = jax.jit(lambda v, t: model.apply(v, t, train=False)[1])
+    model = load_run(run_dir)
+    if init_seed is not None:
+        model = TrainedModel.from_config(model.config, seed=int(init_seed))
 
     def encode(tokens: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        out = []
-        for first in range(0, len(tokens), batch_size):
-            batch = np.asarray(tokens[first:first + batch_size], np.int8)
-            padded = np.concatenate([batch, np.zeros((batch_size - len(batch), batch.shape[1]), np.int8)])
-            # A fixed batch shape: one compiled program for every batch, the last one padded.
-            out.append(np.asarray(latent(variables, padded)).reshape(batch_size, -1)[:len(batch)])
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+        latent = model.encode(np.asarray(tokens, np.int8), batch_size=batch_size)
+        return latent.reshape(len(latent), -1).astype(np.float32)
 
-    return config, encode
+    return model.config, encode
 
 
 # ----------------------------------------------------------------------------------------------

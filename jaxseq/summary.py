@@ -1,6 +1,6 @@
 """tensorboardX helpers. Named ``summary`` so it does not shadow the standard library's ``logging``.
 
-Tags follow DESIGN.md (``train/loss``, ``eval/accuracy``, ``hparams/learning_rate``,
+Tags follow docs/STYLE.md (``train/loss``, ``eval/accuracy``, ``hparams/learning_rate``,
 ``perf/windows_per_sec``, ...); the PyTorch baseline writes the same ones through these helpers.
 Only process 0 writes: other processes get a :class:`NullWriter`.
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxseq import checkpoint, evaluate, models, parallel, train
+from jaxseq import checkpoint, evaluate, evaluator, models, train, trained
 from jaxseq import tokens as tok
 from jaxseq.config import load_config
 from jaxseq.genome import Genome
@@ -99,7 +99,7 @@ def test_compute_eval_sums_matches_hand_computation():
     # Make the chosen prediction the argmax by a clear margin.
     np.put_along_axis(logits, predicted[..., None], logits.max(-1, keepdims=True) + 1.0, axis=-1)
     batch = {"tokens": jnp.asarray(t), "weights": jnp.asarray(weights), "soft_mask": jnp.asarray(soft)}
-    sums = jax.device_get(evaluate.compute_eval_sums(jnp.asarray(logits), batch))
+    sums = jax.device_get(evaluator.compute_eval_sums(jnp.asarray(logits), batch))
 
     w = weights[:, None] * (t < 4)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -120,7 +120,7 @@ def test_compute_eval_sums_matches_hand_computation():
     assert float(sums["soft_count"]) == 4 and float(sums["soft_correct"]) == 2
     np.testing.assert_allclose(float(sums["soft_loss_sum"]), (ce * w * soft).sum(), rtol=1e-5)
 
-    report = evaluate.summarize_sums(sums)
+    report = evaluator.summarize_sums(sums)
     assert report["accuracy"] == pytest.approx(6 / 9)
     assert report["bits_per_base"] == pytest.approx(report["loss"] / math.log(2))
     assert report["n_bases"] == 9 and report["n_windows"] == 2 and report["n_excluded_n"] == 1
@@ -210,9 +210,9 @@ def test_stochastic_mode_keeps_batch_norm_running_statistics():
         zero = {"input_dropout": jnp.float32(0), "latent_noise_std": jnp.float32(0)}
         noisy = dict(zero, latent_noise_std=std)
         key = jax.random.key(3)
-        return (evaluate.apply_model(model, v, t, stochastic=False),
-                evaluate.apply_model(model, v, t, stochastic=True, hparams=zero, key=key),
-                evaluate.apply_model(model, v, t, stochastic=True, hparams=noisy, key=key),
+        return (evaluator.apply_model(model, v, t, stochastic=False),
+                evaluator.apply_model(model, v, t, stochastic=True, hparams=zero, key=key),
+                evaluator.apply_model(model, v, t, stochastic=True, hparams=noisy, key=key),
                 model.apply(v, t, train=True, hparams=zero, mutable=["batch_stats"], rngs=rngs)[0][0])
 
     deterministic, stochastic, noisy, batch_stats_logits = run_all(variables, tokens, jnp.float32(1.0))
@@ -255,7 +255,7 @@ def test_cli_writes_json_tensorboard_and_examples(run, capsys):
         assert key in report
     assert report["step"] == 4 and len(report["examples"]) == 2
     windows = [e["window"] for e in report["examples"]]
-    assert windows == evaluate.choose_examples(int(report["n_windows"]), 2, 3)
+    assert windows == evaluator.choose_examples(int(report["n_windows"]), 2, 3)
     example = report["examples"][0]["text"]
     assert "target     " in example and "mismatch   " in example and "confidence " in example
     assert example.split("\n", 1)[1] in out
@@ -312,17 +312,12 @@ def test_errors_are_one_line_before_compute(run, tmp_path, capsys):
 
 
 def test_failed_restore_names_differences_and_leaves_checkpoints_alone(run, tmp_path):
-    other = copy_run(run, tmp_path / "other", latent_len=8)
-    digest = tree_digest(other / "checkpoints")
-    opened = evaluate.open_run(run)  # the real config, so the pre-check passes...
-    opened.config = load_config(other / "config.yaml")  # ...then a mismatched model reaches restore
-    opened.manager.close()
-    opened.manager = checkpoint.create_manager(other, read_only=True)
-    with pytest.raises(checkpoint.CheckpointError, match=r"enc_conv/kernel shape \(3, 4, 6\) vs model \(3, 4, 8\)"):
-        evaluate.restore_state(opened, parallel.create_mesh())
-    opened.close()
-    assert tree_digest(other / "checkpoints") == digest
     digest = tree_digest(run / "checkpoints")
+    opened = trained.open_run(run)  # the real config, so the pre-check passes...
+    other = load_config(None, SMALL + ["model.latent_len=8"])  # ...then a mismatched model reaches restore
+    with pytest.raises(checkpoint.CheckpointError, match=r"enc_conv/kernel shape \(3, 4, 6\) vs model \(3, 4, 8\)"):
+        trained.restore_variables(opened, other)
+    opened.close()
     evaluate.evaluate(run, **quiet(examples=1))
     assert tree_digest(run / "checkpoints") == digest
 
@@ -359,7 +354,7 @@ def test_visualize_errors_draws_map_and_bedgraph(run, tmp_path):
 
 def test_chunked_fetches_give_the_same_sums(run, monkeypatch):
     once = evaluate.evaluate(run, **quiet())
-    monkeypatch.setattr(evaluate, "_EXACT_F32", 1)  # fetch and add on the host after every batch
+    monkeypatch.setattr(evaluator, "_EXACT_F32", 1)  # fetch and add on the host after every batch
     every_batch = evaluate.evaluate(run, **quiet())
     # Counts are exact either way; loss sums differ only by float32 vs float64 rounding.
     for key in ("loss", "bits_per_base"):

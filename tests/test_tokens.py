@@ -13,7 +13,7 @@ def test_alphabet_constants():
     assert (A, C, G, T, N, MASK) == (0, 1, 2, 3, 4, 5)
     assert tokens.NUM_BASES == 4 and tokens.NUM_TOKENS == 6
     assert tokens.SYMBOLS == "ACGTN?"
-    # complement of a base b < 4 is 3 - b (DESIGN.md)
+    # complement of a base b < 4 is 3 - b (docs/STYLE.md)
     assert [3 - b for b in range(4)] == list(tokens.complement(np.arange(4, dtype=np.uint8)))
 
 

@@ -20,7 +20,7 @@ from experiments.torch_baseline import convert  # noqa: E402
 from experiments.torch_baseline import models as torch_models  # noqa: E402
 from experiments.torch_baseline import train as baseline  # noqa: E402
 from jaxseq import losses, optim  # noqa: E402
-from jaxseq import train as jaxseq_train  # noqa: E402
+from jaxseq import steps as jaxseq_steps  # noqa: E402
 from jaxseq.config import load_config  # noqa: E402
 
 AUTOENCODER = ["model.name=autoencoder", "model.kernel_len=3", "model.latent_len=6", "data.window_len=40"]
@@ -53,7 +53,7 @@ def tokens_for(config, batch=6, seed=0):
 def jaxseq_variables(config, seed=1):
     """A jaxseq model and random variables of its shapes (``eval_shape``: no init compile, keeps tests fast),
     BatchNorm scale/bias/statistics included so the test sees them."""
-    model = jaxseq_train.create_model(config)
+    model = jaxseq_steps.create_model(config)
     shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
                                                jnp.zeros((1, config.data.window_len), jnp.int8), train=False))
     rng = np.random.default_rng(seed)
@@ -142,7 +142,7 @@ def test_weights_round_trip_torch_to_flax():
 
 
 def flax_parameter_counts(config) -> dict[str, int]:
-    model = jaxseq_train.create_model(config)
+    model = jaxseq_steps.create_model(config)
     shapes = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)},
                                                jnp.zeros((1, config.data.window_len), jnp.int8), train=False))
     return {name: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree)) for name, tree in shapes["params"].items()}
@@ -242,12 +242,12 @@ def test_two_train_steps_match_jaxseq():
     config = load_config(None, AUTOENCODER + ["optim.optimizer=adam", "optim.learning_rate=0.05",
                                               "optim.schedule=cosine", "train.num_steps=10", "train.batch_size=6"])
     model, variables = jaxseq_variables(config)
-    state = jaxseq_train.TrainState.create(apply_fn=model.apply, params=variables["params"], batch_stats={},
+    state = jaxseq_steps.TrainState.create(apply_fn=model.apply, params=variables["params"], batch_stats={},
                                            tx=optim.create_optimizer(config.optim, config.train.num_steps))
     torch_model = torch_copy(config, variables).train()
     optimizer, scheduler, _ = baseline.create_optimizer(torch_model, config)
     hparams = {"input_dropout": jnp.float32(0), "latent_noise_std": jnp.float32(0)}
-    step = jax.jit(jaxseq_train.train_step)
+    step = jax.jit(jaxseq_steps.train_step)
     for seed in range(2):
         tokens = tokens_for(config, seed=seed)
         batch = {"tokens": tokens, "weights": np.ones(6, np.float32)}

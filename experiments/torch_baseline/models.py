@@ -1,6 +1,6 @@
 """The 2020 prototype's two models in PyTorch, channels first, returning logits.
 
-A faithful re-implementation from the prototype's described architecture (``notes/prototype.md``),
+A faithful re-implementation of the prototype's architecture (README.md, "Comparing with the PyTorch prototype"),
 with two deliberate changes shared with jaxseq: the decoders end in logits (no softmax; the loss is
 the log-softmax cross-entropy), and every module name equals the flax module name of the
 corresponding jaxseq layer (``enc_conv_00``, ``enc_norm_0``, ``dec_linear_0`` ...), so weights map by

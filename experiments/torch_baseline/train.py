@@ -1,8 +1,8 @@
 """The PyTorch baseline's training: ``python -m experiments.torch_baseline [--config FILE.yaml] [--workdir DIR] [--set key=value ...]``.
 
 Same config files and ``--set`` overrides as ``python -m jaxseq.train`` (:func:`jaxseq.config.load_config`),
-same genome, splits and batches (:func:`jaxseq.train.open_data`, :func:`~jaxseq.train.create_train_loader`,
-:func:`~jaxseq.train.iterate_eval`: numpy batches, one-hot inside the torch model), same objective
+same genome, splits and batches (:func:`jaxseq.steps.open_data`, :func:`~jaxseq.steps.create_train_loader`,
+:class:`~jaxseq.evaluator.Evaluator`: numpy batches, one-hot inside the torch model), same objective
 (masked log-softmax cross-entropy, :func:`reconstruction` equals :func:`jaxseq.losses.reconstruction`),
 same TensorBoard tags through :mod:`jaxseq.summary`, and an equivalent run directory: ``config.yaml``,
 ``tensorboard/``, ``final_metrics.json`` (the keys of :func:`jaxseq.train.train_and_evaluate`'s result)
@@ -45,8 +45,9 @@ from tqdm import tqdm
 from jaxseq import optim as jaxseq_optim
 from jaxseq import summary, tokens
 from jaxseq import config as config_lib
-from jaxseq import train as jaxseq_train
+from jaxseq import steps as jaxseq_steps
 from jaxseq.config import Config, ConfigError
+from jaxseq.evaluator import format_example, open_evaluator
 
 from experiments.torch_baseline.models import create_model
 
@@ -229,18 +230,18 @@ def evaluate_sums(model, batches: Iterable[Mapping[str, np.ndarray]]) -> dict[st
 
 
 @torch.no_grad()
-def format_examples(model, batch: Mapping[str, np.ndarray], count: int) -> str:
-    """Reconstruction examples of a batch's first windows (as jaxseq's ``eval/examples``)."""
+def format_examples(model, batch: Mapping[str, np.ndarray], count: int, names: list[str]) -> str:
+    """Reconstruction examples of a batch's first windows, formatted by jaxseq's evaluator (``eval/examples``)."""
     was_training = model.training
     model.eval()
     logits, _ = model(to_torch(batch)["tokens"])
     model.train(was_training)
     probs = torch.softmax(logits, -1).numpy()
-    texts = []
-    for i in range(min(count, int((batch["weights"] > 0).sum()))):
-        target = batch["tokens"][i].astype(np.int64)
-        texts.append(f"window {i}:\n" + tokens.format_reconstruction(target, probs[i].argmax(-1), probs[i].max(-1)))
-    return "\n\n".join(texts)
+    window_len = batch["tokens"].shape[1]
+    return "\n\n".join(
+        format_example({"window": i, "record": names[int(batch["record"][i])], "start": int(batch["start"][i]),
+                        "tokens": batch["tokens"][i].astype(np.int64), "probs": probs[i]}, window_len)
+        for i in range(min(count, int((batch["weights"] > 0).sum()))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,12 +271,12 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, threads: int | No
     t = config.train
     torch.manual_seed(t.seed)
     model = create_model(config)  # before any file is written: a model the baseline lacks fails here
-    data = jaxseq_train.open_data(config)
+    data = jaxseq_steps.open_data(config)
     workdir.mkdir(parents=True, exist_ok=True)
 
     optimizer, scheduler, lr_table = create_optimizer(model, config)
     hparam_tables = create_hparam_tables(config)
-    loader = jaxseq_train.create_train_loader(config, data)
+    loader = jaxseq_steps.create_train_loader(config, data)
     step = 0
     checkpoint_path = workdir / CHECKPOINT
     if checkpoint_path.is_file():
@@ -348,13 +349,14 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, threads: int | No
                                              p.grad.numpy().ravel(), step)
 
             if due(step, t.eval_every) or step == t.num_steps:
-                sums = evaluate_sums(model, jaxseq_train.iterate_eval(config, data, "valid",
-                                                                      max_windows=t.eval_max_windows))
+                sums = evaluate_sums(model, open_evaluator(config, "valid", data=data,
+                                                           max_windows=t.eval_max_windows).batches())
                 means = summary.metrics_from_sums(sums)
                 summary.write_scalars(writer, step, {"eval/loss": means["loss"], "eval/accuracy": means["accuracy"]})
                 message = f"step {step}: valid loss {means['loss']:.4f}, accuracy {means['accuracy']:.4f}"
                 if t.examples:
-                    text = format_examples(model, next(jaxseq_train.iterate_eval(config, data, "valid")), t.examples)
+                    first = next(open_evaluator(config, "valid", data=data).batches())
+                    text = format_examples(model, first, t.examples, data.genome.names)
                     summary.write_text(writer, step, "eval/examples", text)
                     message += "\n" + text
                 bar.write(message)
@@ -366,8 +368,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, threads: int | No
         loader.close()
         writer.flush()
 
-    valid = summary.metrics_from_sums(evaluate_sums(model, jaxseq_train.iterate_eval(config, data, "valid")))
-    test_sums = evaluate_sums(model, jaxseq_train.iterate_eval(config, data, "test"))
+    valid = summary.metrics_from_sums(evaluate_sums(model, open_evaluator(config, "valid", data=data).batches()))
+    test_sums = evaluate_sums(model, open_evaluator(config, "test", data=data).batches())
     test = summary.metrics_from_sums(test_sums)
     result = {"step": step, "valid_loss": valid["loss"], "valid_accuracy": valid["accuracy"],
               "test_loss": test["loss"], "test_accuracy": test["accuracy"], "test_bases": float(test_sums["count"]),

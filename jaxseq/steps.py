@@ -1,0 +1,265 @@
+"""The step: train state, the pure train step, and the jitted functions built once.
+
+The data a run trains on (:func:`open_data`, :func:`create_train_loader`) and everything the step
+needs. The step functions are pure functions of their arguments. :func:`build` makes the jitted set a run (and
+every benchmark in ``experiments/``) uses, so the jit options live in one place. Scheduled values
+(learning rate, latent noise, input dropout) are functions of the traced step: a new value never
+recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.training import train_state
+
+from jaxseq import losses, models, optim, parallel
+from jaxseq.config import Config
+
+
+class TrainState(train_state.TrainState):
+    """Params, optimiser state and ``step`` (batches trained, including skipped ones), plus batch norm statistics."""
+
+    batch_stats: Any = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclasses.dataclass
+class Data:
+    """The opened genome and its splits."""
+
+    genome: Any
+    splits: dict
+    fasta: Path
+
+
+def open_data(config: Config) -> Data:
+    """Opens the genome (building its token cache once) and computes leak-free splits.
+
+    Raises:
+      GenomeError, SplitError, RegionError: bad FASTA, BED or alias file, or splits that cannot hold
+        a window; before any compute.
+    """
+    from jaxseq.genome import Genome, default_fasta
+    from jaxseq.splits import split_genome
+
+    d = config.data
+    fasta = Path(d.fasta) if d.fasta else default_fasta()
+    genome = Genome.open(fasta, cache_dir=d.cache_dir or None)
+    return Data(genome=genome, splits=split_genome(genome, d), fasta=fasta)
+
+
+def create_train_loader(config: Config, data: Data):
+    """The training batch stream of this process (its rows of each global batch)."""
+    from jaxseq.loader import TrainLoader
+
+    d = config.data
+    return TrainLoader(data.genome.as_mapping(), data.splits["train"], window_len=d.window_len,
+                       batch_size=config.train.batch_size, seed=config.train.seed, augment=tuple(d.augment),
+                       max_n_fraction=d.max_n_fraction, stride=d.stride or None, prefetch=d.prefetch,
+                       process_index=jax.process_index(), process_count=jax.process_count())
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and state
+
+
+def create_model(config: Config):
+    """The Flax module named by ``config.model.name``, with the config's fields."""
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dataclasses.asdict(config.model).items()}
+    name = fields.pop("name")
+    return models.create_model(name, config.data.window_len, **fields)
+
+
+def _init(model, window_len: int, rng: jax.Array) -> dict:
+    variables = model.init({"params": rng}, jnp.zeros((1, window_len), jnp.int8), train=False)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def init_variables(config: Config, seed: int) -> dict:
+    """Freshly initialised variables of the config's model, exactly as training with ``train.seed=seed`` starts.
+
+    Returns:
+      ``{"params": ..., "batch_stats": ...}`` (float32 arrays on the default device).
+    """
+    rng = jax.random.fold_in(jax.random.key(seed), 0)
+    return jax.jit(functools.partial(_init, create_model(config), config.data.window_len))(rng)
+
+
+def create_train_state(config: Config, mesh=None) -> TrainState:
+    """Initialises parameters from ``train.seed`` and the optimiser, replicated over ``mesh``.
+
+    Args:
+      config: the run config.
+      mesh: a device mesh (from :mod:`jaxseq.parallel`); None for the default device.
+
+    Returns:
+      A :class:`TrainState` with ``step == 0``.
+    """
+    model = create_model(config)
+    tx = optim.create_optimizer(config.optim, config.train.num_steps)
+
+    def init(rng):
+        variables = _init(model, config.data.window_len, rng)
+        return TrainState.create(apply_fn=model.apply, tx=tx, **variables)
+
+    rng = jax.random.fold_in(jax.random.key(config.train.seed), 0)
+    out_shardings = parallel.replicated(mesh) if mesh is not None else None
+    return jax.jit(init, out_shardings=out_shardings)(rng)
+
+
+def create_hparam_schedules(config: Config) -> dict[str, Callable]:
+    """Schedules of the hyperparameters changed during training (latent noise, input dropout)."""
+    return optim.create_hparam_schedules(config.model, config.train.num_steps)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _loss_fn(state: TrainState, batch, rng, hparams, neighbour_loss_weight: float):
+    dropout_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+
+    def loss_fn(params):
+        (logits, latent), updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["tokens"],
+            train=True, deterministic=False, hparams=hparams, rngs={"dropout": dropout_rng, "noise": noise_rng},
+            mutable=["batch_stats"])
+        loss = losses.reconstruction(logits, batch, latent, neighbour_loss_weight)
+        return loss, (logits, updates)
+
+    return loss_fn
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, hparams: Mapping[str, jax.Array],
+               neighbour_loss_weight: float = 0.0) -> tuple[TrainState, dict]:
+    """One optimisation step on one batch.
+
+    A step whose loss, gradients or updated parameters are not finite changes nothing but the step
+    counter, and is counted in the metrics (``nonfinite_loss``/``nonfinite_grads``, ``first_bad_step``)
+    so the host can stop or skip without a sync per step.
+
+    Args:
+      state: the train state.
+      batch: ``tokens`` int8 ``(B, L)``, ``weights`` f32 ``(B,)``.
+      rng: base key; folded with ``state.step`` so each step draws fresh, reproducible noise.
+      hparams: ``input_dropout`` and ``latent_noise_std`` f32 scalars (traced: changing them never recompiles).
+      neighbour_loss_weight: weight of the neighbour loss (static).
+
+    Returns:
+      ``(new_state, metrics)``: metric sums (``loss_sum``, ``correct``, ``count``, ``confusion`` (4, 4)).
+    """
+    loss_fn = _loss_fn(state, batch, rng, hparams, neighbour_loss_weight)
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    loss_ok = jnp.isfinite(loss)
+    grads_ok = _all_finite(grads) & _all_finite(new_state.params)
+    ok = loss_ok & grads_ok
+    skipped = state.replace(step=state.step + 1)
+    new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, skipped)
+    sums = losses.metric_sums(logits, batch, loss)
+    metrics = {k: jnp.where(ok, v, jnp.zeros_like(v)) for k, v in sums.items()}
+    metrics["nonfinite_loss"] = (~loss_ok).astype(jnp.float32)
+    metrics["nonfinite_grads"] = (loss_ok & ~grads_ok).astype(jnp.float32)
+    metrics["first_bad_step"] = jnp.where(ok, jnp.iinfo(jnp.int32).max, state.step).astype(jnp.int32)
+    return new_state, metrics
+
+
+#: Up to this many steps per call are unrolled in Python instead of scanned (see :func:`train_steps`).
+MAX_UNROLLED_STEPS = 4
+
+
+def train_steps(state: TrainState, batches: Mapping[str, jax.Array], rng: jax.Array, *,
+                hparam_schedules: Mapping[str, Callable], neighbour_loss_weight: float = 0.0) -> tuple[TrainState, dict]:
+    """Several train steps in one call, so per-call dispatch is amortised.
+
+    Up to :data:`MAX_UNROLLED_STEPS` steps are unrolled; more are a ``lax.scan``. XLA:CPU runs
+    convolution gradients inside a while loop many times slower than outside one (jax-ml/jax#12868:
+    the aemd model takes ~380 ms per step in a scan, ~17 ms unrolled), while small models need long
+    sequences of steps per call to hide dispatch, which only a scan compiles quickly.
+
+    Args:
+      state: the train state.
+      batches: ``tokens`` int8 ``(K, B, L)``, ``weights`` f32 ``(K, B)``: K steps' batches.
+      rng: base key.
+      hparam_schedules: step -> value functions (optax schedules), evaluated on the traced step.
+      neighbour_loss_weight: static.
+
+    Returns:
+      ``(state, metrics)`` with metrics summed over the K steps (``first_bad_step``: the minimum).
+    """
+    def body(state, batch):
+        hparams = {name: jnp.asarray(fn(state.step), jnp.float32) for name, fn in hparam_schedules.items()}
+        return train_step(state, batch, rng, hparams, neighbour_loss_weight)
+
+    num_steps = batches["tokens"].shape[0]
+    if num_steps <= MAX_UNROLLED_STEPS:
+        metrics = None
+        for i in range(num_steps):
+            state, step_metrics = body(state, jax.tree.map(lambda x: x[i], batches))
+            metrics = add_metrics(metrics, step_metrics)
+        return state, metrics
+    state, stacked = jax.lax.scan(body, state, batches)
+    metrics = {k: (v.min(0) if k == "first_bad_step" else v.sum(0)) for k, v in stacked.items()}
+    return state, metrics
+
+
+def compute_grads(state: TrainState, batch, rng, hparams, neighbour_loss_weight: float = 0.0):
+    """Gradients of one batch's loss (for histograms); the same loss and randomness as :func:`train_step`."""
+    loss_fn = _loss_fn(state, batch, rng, hparams, neighbour_loss_weight)
+    return jax.grad(lambda p: loss_fn(p)[0])(state.params)
+
+
+def add_metrics(a: dict | None, b: dict) -> dict:
+    """Accumulates metric sums (``first_bad_step`` by minimum)."""
+    if a is None:
+        return b
+    return {k: (jnp.minimum(a[k], b[k]) if k == "first_bad_step" else a[k] + b[k]) for k in b}
+
+
+def stack_batches(batches: list[dict]) -> dict:
+    """Host batches stacked for :func:`train_steps`: ``tokens`` int8 ``(K, B, L)``, ``weights`` f32 ``(K, B)``."""
+    return {"tokens": np.stack([b["tokens"] for b in batches]), "weights": np.stack([b["weights"] for b in batches])}
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The jitted functions of a run, built once by :func:`build`.
+
+    Attributes:
+      train: ``(state, batches, rng) -> (state, metrics)``: :func:`train_steps`, the state donated.
+      grads: ``(state, batch, rng, hparams) -> grads``: :func:`compute_grads`.
+      hparam_schedules: name -> step -> value (``input_dropout``, ``latent_noise_std``).
+      learning_rate: step -> learning rate.
+    """
+
+    train: Callable
+    grads: Callable
+    hparam_schedules: Mapping[str, Callable]
+    learning_rate: Callable
+
+    def hparams(self, step: int) -> dict[str, float]:
+        """Every scheduled value at ``step`` (``learning_rate`` included), as Python floats."""
+        return {"learning_rate": float(self.learning_rate(step)),
+                **{name: float(fn(step)) for name, fn in self.hparam_schedules.items()}}
+
+
+def build(config: Config) -> Steps:
+    """The jitted train and gradient functions of ``config`` (compiled at their first call)."""
+    schedules = create_hparam_schedules(config)
+    nlw = config.model.neighbour_loss_weight
+    train = jax.jit(functools.partial(train_steps, hparam_schedules=schedules, neighbour_loss_weight=nlw),
+                    donate_argnums=(0,))
+    grads = jax.jit(functools.partial(compute_grads, neighbour_loss_weight=nlw))
+    return Steps(train=train, grads=grads, hparam_schedules=schedules,
+                 learning_rate=optim.create_learning_rate_schedule(config.optim, config.train.num_steps))

@@ -1,0 +1,114 @@
+"""jaxseq.load_run / TrainedModel: restoring params and batch stats only, encode/log_probs/reconstruct, evaluate."""
+
+import re
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import jaxseq
+from jaxseq import checkpoint, evaluate, steps, trained
+from jaxseq import tokens as tok
+from jaxseq.config import load_config
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SMALL = ["model.name=multilayer", "model.kernel_len=3", "model.latent_len=5", "model.hidden_len=4",
+         "model.n_linear=1", "data.window_len=16", "train.batch_size=8", "train.num_steps=2", "train.log_every=2",
+         "train.eval_every=2", "train.checkpoint_every=2", "train.histogram_every=0", "train.steps_per_call=2",
+         "train.examples=0", "train.eval_max_windows=16"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-step multilayer run (batch norm: running statistics differ from their initial values)."""
+    root = tmp_path_factory.mktemp("trained")
+    from jaxseq import train
+
+    train.train_and_evaluate(load_config(None, SMALL + [f"data.cache_dir={root / 'cache'}"]), root / "run")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def model(run):
+    return jaxseq.load_run(run)
+
+
+def test_readme_snippet_runs(run, capsys):
+    text = README.read_text()
+    section = text[text.index("## Using a trained model"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'jaxseq.load_run("runs/lambda")' in code
+    exec(compile(code.replace("runs/lambda", str(run)), "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "2 16 multilayer"
+    assert re.fullmatch(r"[ACGT]{16}", out[1])
+    assert out[2].startswith("test accuracy ")
+
+
+def test_restores_params_and_batch_stats_of_the_checkpoint_only(run, model):
+    config = load_config(run / "config.yaml")
+    manager = checkpoint.create_manager(run, read_only=True)
+    state, _, _ = checkpoint.restore(manager, 2, steps.create_train_state(config))
+    manager.close()
+    assert model.step == 2 and model.window_len == 16 and model.run_dir == run.absolute()
+    assert set(model.variables) == {"params", "batch_stats"}
+    for want, got in ((state.params, model.variables["params"]), (state.batch_stats, model.variables["batch_stats"])):
+        assert jax.tree.structure(want) == jax.tree.structure(got)
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    init = steps.init_variables(config, config.train.seed)  # training moved them away from the start
+    assert not np.array_equal(jax.tree.leaves(init["batch_stats"])[0], jax.tree.leaves(model.variables["batch_stats"])[0])
+
+
+def test_outputs_shapes_and_batching(model):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 4, size=(5, 16)).astype(np.int8)
+    text = [tok.decode(t) for t in tokens]
+    log_probs = model.log_probs(tokens, batch_size=2)  # 3 calls, the last padded
+    assert log_probs.shape == (5, 16, 4) and log_probs.dtype == np.float32
+    np.testing.assert_allclose(np.exp(log_probs).sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(model.log_probs(text, batch_size=256), log_probs, rtol=1e-5, atol=1e-6)
+    latent = model.encode(text, batch_size=3)
+    assert latent.shape == (5, 5) and latent.dtype == np.float32
+    np.testing.assert_allclose(model.encode(text[1]), latent[1:2], rtol=1e-5, atol=1e-6)
+    rebuilt = model.reconstruct(tokens)
+    assert rebuilt == [tok.decode(row) for row in log_probs.argmax(-1)] and len(rebuilt[0]) == 16
+    assert model.encode(text[0].lower()).shape == (1, 5)  # soft-masked letters are the same bases
+
+
+@pytest.mark.parametrize("seqs, message", [
+    ("ACGT", "sequence 0 has 4 bases; this model takes window_len=16"),
+    (["A" * 16, "ACGTACGTACGTACG-"], "invalid character '-' at position 16"),
+    (np.zeros((2, 15), np.int8), r"shape \(N, 16\)"),
+    (np.full((1, 16), 7), r"tokens must be in 0\.\.5"),
+])
+def test_bad_input_is_one_line_value_error(model, seqs, message):
+    with pytest.raises(ValueError, match=message) as info:
+        model.encode(seqs)
+    assert "\n" not in str(info.value)
+
+
+def test_evaluate_returns_the_cli_report_and_from_config_is_training_start(run, model):
+    cli = evaluate.evaluate(run, write=False)
+    report = model.evaluate("test")
+    assert report["accuracy"] == cli["accuracy"] and report["n_bases"] == cli["n_bases"] > 0
+    assert report["confusion"] == cli["confusion"] and report["step"] == cli["step"] == 2
+    config = load_config(run / "config.yaml")
+    fresh = jaxseq.TrainedModel.from_config(config)
+    start = steps.create_train_state(config)
+    for a, b in zip(jax.tree.leaves(start.params), jax.tree.leaves(fresh.variables["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert fresh.step == 0 and fresh.run_dir is None
+    assert 0.0 <= fresh.evaluate("valid")["accuracy"] <= 1.0
+
+
+def test_config_from_checkpoint_when_config_yaml_is_gone(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "config.yaml").unlink()
+    loaded = trained.load_run(copy, step=2)
+    assert loaded.config_source == "checkpoint meta" and loaded.config.model.latent_len == 5
+    with pytest.raises(ValueError, match="no checkpoint at step 1 .* available: 2"):
+        trained.load_run(copy, step=1)
