@@ -178,14 +178,11 @@ class Conv1d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(B, L, C_in)`` -> ``(B, L', features)`` in ``dtype``."""
-        c_in = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (self.kernel_len, c_in, self.features), jnp.float32)
-        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        x, kernel, bias = _parameters(self, x, (self.kernel_len, x.shape[-1], self.features))
         if isinstance(self.padding, str):
             padding = {"VALID": (0, 0), "SAME": same_padding(self.kernel_len, self.dilation)}[self.padding]
         else:
             (padding,) = self.padding
-        x, kernel, bias = _cast(self.dtype, x, kernel, bias)
         return conv1d(x, kernel, padding, self.dilation) + bias
 
 
@@ -214,17 +211,19 @@ class ConvTranspose1d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(B, L, C_in)`` -> ``(B, L + k - 1 - lo - hi, features)`` in ``dtype``."""
-        c_in = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (self.kernel_len, self.features, c_in), jnp.float32)
-        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        x, kernel, bias = _parameters(self, x, (self.kernel_len, self.features, x.shape[-1]))
         (padding,) = self.padding
-        x, kernel, bias = _cast(self.dtype, x, kernel, bias)
         return conv1d(x, jnp.swapaxes(kernel[::-1], 1, 2), padding) + bias
 
 
-def _cast(dtype, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+def _parameters(module: nn.Module, x: jax.Array, kernel_shape: tuple[int, ...]) -> tuple[jax.Array, ...]:
+    """The float32 ``kernel`` and ``bias`` params, and ``x``, cast to the module's compute dtype."""
+    kernel = module.param("kernel", module.kernel_init, kernel_shape, jnp.float32)
+    bias = module.param("bias", module.bias_init, (module.features,), jnp.float32)
+    if module.dtype is None:
+        return x, kernel, bias
     # Outside the custom_vjp, so autodiff casts the float32 parameters' gradients back.
-    return arrays if dtype is None else tuple(a.astype(dtype) for a in arrays)
+    return x.astype(module.dtype), kernel.astype(module.dtype), bias.astype(module.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
