@@ -27,6 +27,7 @@ from typing import Any, Callable
 import yaml
 
 from jaxseq import loader, models, optim, splits
+from jaxseq.layers import COMPUTE_DTYPES, CONV_IMPLS
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,8 @@ class ModelConfig:
     latent_noise_std: Any = 0.0
     # The prototype's mix: (1 - w) * cross-entropy + w * neighbour loss.
     neighbour_loss_weight: float = 0.0
+    # Layer implementation: flax (cuDNN on GPUs), cpu (hand-written kernels), auto (cpu on the CPU backend).
+    conv_impl: str = "auto"
 
 
 @dataclasses.dataclass
@@ -108,6 +111,7 @@ class TrainConfig:
     examples: int = 3  # reconstruction examples printed at each evaluation
     devices: str | int = "all"  # "all" or a number of local devices
     skip_nonfinite: int = 0  # batches with non-finite loss/gradients that may be skipped
+    compute_dtype: str = "float32"  # convolutions and dense layers; params, optimiser state and loss stay float32
 
 
 @dataclasses.dataclass
@@ -125,7 +129,8 @@ class Config:
 # Fields that define the model and its data shape: a resumed run must keep them.
 ARCHITECTURE_KEYS = tuple(
     [f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
-     if f.name not in ("input_dropout", "latent_noise_std", "neighbour_loss_weight", "hidden_dropout")]
+     if f.name not in ("input_dropout", "latent_noise_std", "neighbour_loss_weight", "hidden_dropout",
+                       "conv_impl")]
     + ["data.window_len"]
 )
 
@@ -443,6 +448,11 @@ def validate(config: Config) -> None:
     _check_model(config)
     _owner_check("optim", lambda: optim.check_optim(config.optim, config.train.num_steps))
     t = config.train
+    for key, value, choices in [("model.conv_impl", config.model.conv_impl, CONV_IMPLS),
+                                ("train.compute_dtype", t.compute_dtype, COMPUTE_DTYPES)]:
+        if value not in choices:
+            raise ConfigError(f"{key}: unknown value {value!r}{_close(str(value), choices)}; "
+                              f"choose one of {', '.join(choices)}")
     if t.devices != "all":
         try:
             if isinstance(t.devices, bool) or int(t.devices) <= 0:
