@@ -25,16 +25,24 @@ optimiser are not counted) and ``xla`` (``compiled.cost_analysis()["flops"]`` of
 i.e. ``train.train_step`` with the schedules' hparams, jitted alone: XLA counts a ``scan`` body once,
 not K times, so the K-step call's raw figure is reported separately and is ~one step's). The ``xla``
 count includes work the implementation adds (elementwise ops, the optimiser, and the block-Toeplitz
-matmuls of few-channel convolutions in ``models.py``, which do ~1.8x the multiply-adds of the
+matmuls of few-channel convolutions in ``cpu_kernels.py``, which do ~1.8x the multiply-adds of the
 convolution for k = 9), so ``% ceil`` uses the analytic count. The ceiling is the best FLOP/s of a jitted
 2048x2048 fp32 matmul, measured after every timed segment of this same run. The machine is shared, so
 rates are the best of ``--repeats`` segments, ``% ceil`` is against the run's best ceiling and
 ``% local`` against the best ceiling measured between that row's own segments (same load: the fairer
 ratio when other jobs come and go); the load average is recorded.
 
+Variants, all measured in one run (each row names its own): every ``model.conv_impl`` of
+``--conv-impls`` (flax's layers or the hand-written CPU kernels of ``jaxseq/cpu_kernels.py``) times every
+``train.compute_dtype`` of ``--dtypes``; and, for ``--loop-k``, each conv_impl in float32 with the K
+steps of a call forced into a ``lax.scan`` (``loop=scan``) or unrolled (``loop=unroll``) by setting
+``train.MAX_UNROLLED_STEPS`` before tracing (``loop=default`` is the library's own choice); those rows
+are compute-only.
+
 Run::
 
     python experiments/benchmark_train.py [--configs single,aemd] [--steps N] [--steps-per-call K]
+        [--conv-impls flax,cpu] [--dtypes float32,bfloat16] [--loop-k 4,16]
         [--sweep-k single=1,10,30,1000 --sweep-k aemd=1,20] [--repeats 3] [--xla-flags=...]
         [--out experiments/out/benchmark_train.json]
 """
@@ -42,6 +50,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -83,6 +92,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="K, steps scanned per jitted call (default: %s)" % DEFAULT_K)
     parser.add_argument("--sweep-k", action="append", default=[], metavar="[SETUP=]K,K,...",
                         help="also measure the rates at these K values (all setups, or SETUP= only; repeatable)")
+    parser.add_argument("--conv-impls", default="flax,cpu", help="model.conv_impl values to measure (comma-separated)")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="train.compute_dtype values to measure (comma-separated)")
+    parser.add_argument("--loop-k", default="",
+                        help="K values at which to measure scan against unroll for each conv_impl, e.g. 4,16")
     parser.add_argument("--repeats", type=int, default=3, help="timed segments per measurement (best is kept)")
     parser.add_argument("--fasta", default=str(DEFAULT_FASTA), help="genome to train on")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -162,7 +176,7 @@ def measure_ceiling(jax, jnp, np, n: int = 2048, repeats: int = 5) -> float:
 class Setup:
     """One benchmark setup: config, state, the jitted K-step function, data."""
 
-    def __init__(self, name: str, args, k: int):
+    def __init__(self, name: str, args, k: int, variant: dict[str, str] | None = None):
         import jax
         import jax.numpy as jnp
         import numpy as np
@@ -171,8 +185,14 @@ class Setup:
         from jaxseq import parallel, train
 
         self.name, self.k = name, k
+        self.variant = variant = dict(variant or {})
+        loop = variant.get("loop", "default")
+        # train_steps reads MAX_UNROLLED_STEPS when it is traced: in warm_up, for this jit object only.
+        self.max_unrolled = {"default": train.MAX_UNROLLED_STEPS, "scan": 0, "unroll": k}[loop]
         overrides = SETUPS[name] + [f"data.fasta={args.fasta}", "data.block_len=10000",
                                     f"train.steps_per_call={k}"] + list(args.overrides)
+        overrides += [f"model.conv_impl={variant.get('conv_impl', 'auto')}",
+                      f"train.compute_dtype={variant.get('dtype', 'float32')}"]
         self.overrides = overrides
         self.config = cfg = config_lib.load_config(None, overrides)
         self.batch_size, self.window_len = cfg.train.batch_size, cfg.data.window_len
@@ -198,7 +218,8 @@ class Setup:
 
         self.xla_flops_per_step = _cost_flops(jax.jit(one_step).lower(self.state, single, self.rng).compile())
         start = time.perf_counter()
-        compiled = self.train_fn.lower(self.state, self.next_device_batches(k), self.rng).compile()
+        with self.loop_mode():
+            compiled = self.train_fn.lower(self.state, self.next_device_batches(k), self.rng).compile()
         self.compile_seconds = time.perf_counter() - start
         self.xla_flops_per_call_raw = _cost_flops(compiled)
         self.analytic_layers = analytic_flops_per_window(self.model, self.window_len)
@@ -213,8 +234,18 @@ class Setup:
     def next_device_batches(self, k: int) -> dict:
         return self._parallel.shard_batch(self.next_host_batches(k), self.mesh, leading_axes=1)
 
+    @contextlib.contextmanager
+    def loop_mode(self):
+        """``train.MAX_UNROLLED_STEPS`` as this variant's loop needs it, while tracing."""
+        default, self._train.MAX_UNROLLED_STEPS = self._train.MAX_UNROLLED_STEPS, self.max_unrolled
+        try:
+            yield
+        finally:
+            self._train.MAX_UNROLLED_STEPS = default
+
     def warm_up(self) -> None:
-        self.state, metrics = self.train_fn(self.state, self.next_device_batches(self.k), self.rng)
+        with self.loop_mode():
+            self.state, metrics = self.train_fn(self.state, self.next_device_batches(self.k), self.rng)
         self._jax.block_until_ready(metrics)
 
     def time_compute(self, calls: int, distinct: int = 4) -> float:
@@ -257,10 +288,54 @@ def rate_record(setup: Setup, mode: str, k: int, steps: int, seconds: list[float
     xla = setup.xla_flops_per_step * steps / best
     return {
         "setup": setup.name, "mode": mode, "steps_per_call": k, "steps": steps,
+        "conv_impl": setup.model.conv_impl, "dtype": setup.config.train.compute_dtype,
+        "loop": setup.variant.get("loop", "default"), "max_unrolled_steps": setup.max_unrolled,
         "seconds": seconds, "windows_per_sec": windows / best, "windows_per_sec_median": windows / median,
         "steps_per_sec": steps / best, "gflops_analytic": analytic / 1e9, "gflops_xla": xla / 1e9,
         "percent_of_ceiling": 100 * analytic / ceiling, "percent_of_ceiling_xla": 100 * xla / ceiling,
         "local_ceiling_gflops": local_ceiling / 1e9, "percent_of_local_ceiling": 100 * analytic / local_ceiling,
+    }
+
+
+def variants(args) -> list[tuple[int | None, dict]]:
+    """``(K or None for the setup's default, variant)`` pairs to measure, in order."""
+    impls = [v.strip() for v in args.conv_impls.split(",") if v.strip()]
+    dtypes = [v.strip() for v in args.dtypes.split(",") if v.strip()]
+    out = [(None, {"conv_impl": impl, "dtype": dtype}) for impl in impls for dtype in dtypes]
+    for k in (int(v) for v in args.loop_k.split(",") if v.strip()):
+        out += [(k, {"conv_impl": impl, "dtype": "float32", "loop": loop}) for impl in impls
+                for loop in ("scan", "unroll")]
+    return out
+
+
+def measure(setup: Setup, steps: int, args, ceiling_now, ceilings: list[float]) -> list[dict]:
+    """Warm-up, then ``args.repeats`` timed segments of each mode with a ceiling after each round."""
+    calls = max(1, -(-steps // setup.k))
+    setup.warm_up()
+    # Scan against unroll is a property of the step: compute-only.
+    compute_only = args.skip_end_to_end or "loop" in setup.variant
+    modes = [("compute", setup.time_compute)] + ([] if compute_only else [("end_to_end", setup.time_end_to_end)])
+    timings = {mode: [] for mode, _ in modes}
+    first = len(ceilings)
+    for _ in range(args.repeats):
+        for mode, timer in modes:
+            timings[mode].append(timer(calls))
+        ceiling_now()
+    local = max(ceilings[first:])
+    return [rate_record(setup, mode, setup.k, calls * setup.k, timings[mode], max(ceilings), local)
+            for mode, _ in modes]
+
+
+def describe(setup: Setup) -> dict:
+    return {
+        "overrides": setup.overrides, "batch_size": setup.batch_size, "window_len": setup.window_len,
+        "parameters": setup.params, "compile_seconds": setup.compile_seconds,
+        "analytic_flops_per_window_forward": setup.analytic_layers,
+        "analytic_flops_per_step": setup.analytic_flops_per_step,
+        "xla_flops_per_step": setup.xla_flops_per_step,
+        "xla_flops_per_call_raw": setup.xla_flops_per_call_raw,
+        "xla_counts_scan_body_once": bool(abs(setup.xla_flops_per_call_raw - setup.xla_flops_per_step)
+                                          < 0.5 * setup.xla_flops_per_step),
     }
 
 
@@ -293,52 +368,18 @@ def main(argv=None) -> int:
     ceiling_now()
     records, setups_out = [], {}
     for name in names:
-        k = args.steps_per_call or DEFAULT_K[name]
+        k_default = args.steps_per_call or DEFAULT_K[name]
         steps = args.steps or (20_000 if name == "single" else 300)
-        setup = Setup(name, args, k)
-        calls = max(1, -(-steps // k))
-        setup.warm_up()
-        setups_out[name] = {
-            "overrides": setup.overrides, "batch_size": setup.batch_size, "window_len": setup.window_len,
-            "parameters": setup.params, "compile_seconds": setup.compile_seconds,
-            "analytic_flops_per_window_forward": setup.analytic_layers,
-            "analytic_flops_per_step": setup.analytic_flops_per_step,
-            "xla_flops_per_step": setup.xla_flops_per_step,
-            "xla_flops_per_call_raw": setup.xla_flops_per_call_raw,
-            "xla_counts_scan_body_once": bool(abs(setup.xla_flops_per_call_raw - setup.xla_flops_per_step)
-                                              < 0.5 * setup.xla_flops_per_step),
-        }
-        modes = [("compute", setup.time_compute)] + ([] if args.skip_end_to_end else
-                                                     [("end_to_end", setup.time_end_to_end)])
-        timings = {mode: [] for mode, _ in modes}
-        first = len(ceilings)
-        for _ in range(args.repeats):
-            for mode, timer in modes:
-                timings[mode].append(timer(calls))
-            ceiling_now()
-        local = max(ceilings[first:])
-        for mode, _ in modes:
-            records.append(rate_record(setup, mode, k, calls * k, timings[mode], max(ceilings), local))
-        for k_sweep in sweeps.get(name, []):
-            if k_sweep == k:
-                continue
-            other = Setup(name, argparse.Namespace(**{**vars(args), "steps_per_call": k_sweep}), k_sweep)
-            calls_sweep = max(1, -(-steps // k_sweep))
-            other.warm_up()
-            sweep_modes = [("compute", other.time_compute)] + ([] if args.skip_end_to_end else
-                                                               [("end_to_end", other.time_end_to_end)])
-            sweep_timings = {mode: [] for mode, _ in sweep_modes}
-            first = len(ceilings)
-            for _ in range(args.repeats):
-                for mode, timer in sweep_modes:
-                    sweep_timings[mode].append(timer(calls_sweep))
-                ceiling_now()
-            local = max(ceilings[first:])
-            for mode, _ in sweep_modes:
-                records.append(rate_record(other, mode, k_sweep, calls_sweep * k_sweep, sweep_timings[mode],
-                                           max(ceilings), local))
-            other.close()
-        setup.close()
+        todo = [(k or k_default, variant) for k, variant in variants(args)]
+        todo += [(k, {}) for k in sweeps.get(name, []) if k != k_default]
+        for k, variant in todo:
+            setup = Setup(name, args, k, variant)
+            key = "/".join([name, f"K{k}"] + [variant[v] for v in ("conv_impl", "dtype", "loop") if v in variant])
+            setups_out[key] = describe(setup)
+            records += measure(setup, steps, args, ceiling_now, ceilings)
+            setup.close()
+            r = records[-1]
+            print(f"  {key}: {r['windows_per_sec']:,.0f} windows/s ({r['mode']})", flush=True)
 
     ceiling = max(ceilings)
     for r in records:  # against the best ceiling of the whole run
@@ -361,13 +402,15 @@ def main(argv=None) -> int:
         print(f"{name}: {s['parameters']:,} params; per step: analytic {s['analytic_flops_per_step'] / 1e6:.2f} "
               f"MFLOP, XLA {s['xla_flops_per_step'] / 1e6:.2f} MFLOP "
               f"(K-step call raw {s['xla_flops_per_call_raw'] / 1e6:.2f})")
-    header = (f"{'setup':8s} {'mode':11s} {'K':>5s} {'windows/s':>11s} {'(median)':>10s} {'steps/s':>9s} "
-              f"{'GFLOP/s':>8s} {'% ceil':>7s} {'local ceil':>10s} {'% local':>8s} {'XLA GF/s':>9s}")
+    header = (f"{'setup':8s} {'impl':4s} {'dtype':8s} {'loop':7s} {'mode':11s} {'K':>5s} {'windows/s':>11s} "
+              f"{'(median)':>10s} {'steps/s':>9s} {'GFLOP/s':>8s} {'% ceil':>7s} {'local ceil':>10s} {'% local':>8s} "
+              f"{'XLA GF/s':>9s}")
     print(header)
     print("-" * len(header))
     for r in records:
-        print(f"{r['setup']:8s} {r['mode']:11s} {r['steps_per_call']:5d} {r['windows_per_sec']:11,.0f} "
-              f"{r['windows_per_sec_median']:10,.0f} {r['steps_per_sec']:9,.0f} {r['gflops_analytic']:8.1f} "
+        print(f"{r['setup']:8s} {r['conv_impl']:4s} {r['dtype']:8s} {r['loop']:7s} {r['mode']:11s} "
+              f"{r['steps_per_call']:5d} {r['windows_per_sec']:11,.0f} {r['windows_per_sec_median']:10,.0f} "
+              f"{r['steps_per_sec']:9,.0f} {r['gflops_analytic']:8.1f} "
               f"{r['percent_of_ceiling']:6.1f}% {r['local_ceiling_gflops']:10.0f} "
               f"{r['percent_of_local_ceiling']:7.1f}% {r['gflops_xla']:9.1f}")
     out = Path(args.out)

@@ -3,7 +3,7 @@
 Run::
 
     python experiments/compare_runs.py runs/jax runs/torch [--target-accuracy 0.9] [--out compare.png]
-        [--json compare.json] [--labels jaxseq,torch] [--reader tensorboardx|tensorboard] [--check-crc]
+        [--json compare.json] [--labels jaxseq,torch] [--check-crc]
 
 Each RUN_DIR is a run directory (its ``tensorboard/`` folder is read) or a folder holding event files.
 Prints one table row per run:
@@ -21,11 +21,9 @@ Prints one table row per run:
 and writes a PNG (2x2 panels: eval accuracy and eval loss against step and against wall-clock time,
 one labelled line per run) and optionally JSON (rows plus the plotted series).
 
-Event files are read with tensorboardX's protobufs and the TFRecord framing (8-byte little-endian
-length, 4-byte masked CRC-32C of the length, the serialized ``Event``, 4-byte masked CRC of the data), so
-only the project's own dependencies are needed. ``--reader tensorboard`` uses TensorBoard's
-``EventAccumulator`` instead, when the ``tensorboard`` package happens to be installed. A run
-directory resumed several times has several event files; they are merged in file-name (creation) order.
+Event files are read with jaxseq's one event reader (``jaxseq.summary.read_events``: TFRecord framing
+and tensorboardX's protobufs), so only the project's own dependencies are needed. A run directory resumed
+several times has several event files; they are merged in file-name (creation) order.
 """
 
 from __future__ import annotations
@@ -33,17 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+
+from jaxseq import summary
 
 EVAL_ACCURACY, EVAL_LOSS, WINDOWS_PER_SEC = "eval/accuracy", "eval/loss", "perf/windows_per_sec"
-
-
-class EventFileError(ValueError):
-    """An event file that is not a TFRecord stream of Event protos."""
 
 
 @dataclass
@@ -69,58 +63,13 @@ class Run:
 # Reading
 
 
-def _import_tensorboardx() -> None:
-    """Imports tensorboardX without letting it import torch (seconds of start-up, never needed here)."""
-    if "tensorboardX" in sys.modules or "torch" in sys.modules:
-        return
-    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX tolerates
-    try:
-        import tensorboardX  # noqa: F401
-    finally:
-        del sys.modules["torch"]
-
-
-def read_records(path: Path, check_data_crc: bool = False) -> Iterator[bytes]:
-    """The records of a TFRecord file. A truncated last record (a writer still running) ends the stream.
-
-    Args:
-      path: the file.
-      check_data_crc: also verify each record's data CRC (pure Python: slow for large files). The length
-        CRC is always checked, which catches any framing error.
-
-    Raises:
-      EventFileError: a CRC mismatch.
-    """
-    _import_tensorboardx()
-    from tensorboardX.record_writer import masked_crc32c as _masked_crc
-
-    with open(path, "rb") as f:
-        offset = 0
-        while True:
-            header = f.read(12)
-            if len(header) < 12:
-                return
-            length_bytes, length_crc = header[:8], struct.unpack("<I", header[8:])[0]
-            if _masked_crc(length_bytes) != length_crc:
-                raise EventFileError(f"{path}: corrupt record header at byte {offset}")
-            (length,) = struct.unpack("<Q", length_bytes)
-            data = f.read(length)
-            footer = f.read(4)
-            if len(data) < length or len(footer) < 4:
-                return
-            if check_data_crc and _masked_crc(data) != struct.unpack("<I", footer)[0]:
-                raise EventFileError(f"{path}: corrupt record data at byte {offset}")
-            offset += 12 + length + 4
-            yield data
-
-
 def event_files(run_dir: Path) -> list[Path]:
     """Event files of a run directory (its ``tensorboard/`` folder) or of an event-file folder, oldest first.
 
     Sub-folders (``tensorboard/hparams``, written once at the end) are not read.
     """
     folder = run_dir / "tensorboard" if (run_dir / "tensorboard").is_dir() else run_dir
-    files = sorted(p for p in folder.glob("events.out.tfevents.*") if p.is_file())
+    files = summary.event_files(folder)
     if not files:
         raise FileNotFoundError(f"{run_dir}: no TensorBoard event files (looked in {folder})")
     return files
@@ -134,51 +83,19 @@ def _implementation(run_dir: Path) -> str:
     return "?"
 
 
-def read_run_tensorboardx(run_dir: Path, label: str, check_crc: bool = False) -> Run:
-    """Scalars of a run, parsed with tensorboardX's ``event_pb2``."""
-    _import_tensorboardx()
-    from tensorboardX.proto import event_pb2
+def read_run(run_dir: str | Path, label: str | None = None, check_crc: bool = False) -> Run:
+    """Reads one run; ``label`` defaults to the directory name; ``check_crc``: verify data CRCs too.
 
-    run = Run(label=label, path=run_dir, implementation=_implementation(run_dir))
-    times = []
-    for path in event_files(run_dir):
-        for data in read_records(path, check_crc):
-            event = event_pb2.Event.FromString(data)
-            times.append(event.wall_time)
-            if not event.HasField("summary"):
-                continue
-            for value in event.summary.value:
-                kind = value.WhichOneof("value")
-                if kind == "simple_value":
-                    number = value.simple_value
-                elif kind == "tensor" and value.tensor.float_val:
-                    number = value.tensor.float_val[0]
-                elif kind == "tensor" and value.tensor.double_val:
-                    number = value.tensor.double_val[0]
-                else:
-                    continue  # text, histograms, hparams
-                run.scalars.setdefault(value.tag, []).append(Scalar(int(event.step), event.wall_time, float(number)))
-    if times:
-        run.start_time, run.end_time = min(times), max(times)
-    return run
-
-
-def read_run_tensorboard(run_dir: Path, label: str) -> Run:
-    """Scalars of a run through TensorBoard's ``EventAccumulator`` (needs the ``tensorboard`` package)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    run = Run(label=label, path=run_dir, implementation=_implementation(run_dir))
-    starts, ends = [], []
-    for path in event_files(run_dir):
-        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        acc.Reload()
-        starts.append(acc.FirstEventTimestamp())
-        for tag in acc.Tags()["scalars"]:
-            items = acc.Scalars(tag)
-            run.scalars.setdefault(tag, []).extend(Scalar(e.step, e.wall_time, e.value) for e in items)
-            ends.extend(e.wall_time for e in items)
-    run.start_time = min(starts)
-    run.end_time = max(ends + starts)
+    Raises:
+      FileNotFoundError: no event files; ``summary.EventFileError``: a corrupt record.
+    """
+    run_dir = _run_dir(run_dir)
+    run = Run(label=label or run_dir.name, path=run_dir, implementation=_implementation(run_dir))
+    events = summary.read_events(event_files(run_dir)[0].parent, check_crc=check_crc)
+    for tag, values in summary.event_scalars(events).items():
+        run.scalars[tag] = [Scalar(*value) for value in values]
+    if events:
+        run.start_time, run.end_time = min(e.wall_time for e in events), max(e.wall_time for e in events)
     return run
 
 
@@ -186,16 +103,6 @@ def _run_dir(path: str | Path) -> Path:
     """A run's ``tensorboard/`` folder stands for the run directory itself."""
     path = Path(path)
     return path.parent if path.name == "tensorboard" and path.is_dir() else path
-
-
-def read_run(run_dir: str | Path, label: str | None = None, reader: str = "tensorboardx",
-             check_crc: bool = False) -> Run:
-    """Reads one run; ``label`` defaults to the directory name; ``check_crc``: verify data CRCs too."""
-    run_dir = _run_dir(run_dir)
-    label = label or run_dir.name
-    if reader == "tensorboard":
-        return read_run_tensorboard(run_dir, label)
-    return read_run_tensorboardx(run_dir, label, check_crc)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,13 +206,13 @@ def default_labels(run_dirs: list[str | Path]) -> list[str]:
 
 def compare(run_dirs: list[str | Path], *, target_accuracy: float = 0.9, out: str | Path | None = "compare.png",
             json_out: str | Path | None = None, labels: list[str] | None = None,
-            reader: str = "tensorboardx", check_crc: bool = False) -> list[dict]:
+            check_crc: bool = False) -> list[dict]:
     """Reads the runs, returns the table rows, writes the PNG (``out``) and JSON (``json_out``) if given."""
     if labels is None:
         labels = default_labels(run_dirs)
     if len(labels) != len(run_dirs):
         raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
-    runs = [read_run(d, label, reader, check_crc) for d, label in zip(run_dirs, labels)]
+    runs = [read_run(d, label, check_crc) for d, label in zip(run_dirs, labels)]
     rows = [summarize(run, target_accuracy) for run in runs]
     if out:
         plot(runs, out, target_accuracy)
@@ -326,18 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="compare.png", help="PNG to write (default compare.png; '' for none)")
     parser.add_argument("--json", dest="json_out", help="also write the table and the series as JSON")
     parser.add_argument("--labels", help="comma-separated run labels (default: directory names)")
-    parser.add_argument("--reader", choices=("tensorboardx", "tensorboard"), default="tensorboardx",
-                        help="event file reader: tensorboardX protobufs (default, no extra dependency) or "
-                             "TensorBoard's EventAccumulator (needs the tensorboard package)")
     parser.add_argument("--check-crc", action="store_true",
                         help="verify every record's data CRC (pure Python, about 0.2 s per MB of events)")
     args = parser.parse_args(argv)
     labels = args.labels.split(",") if args.labels else None
     try:
         rows = compare(args.runs, target_accuracy=args.target_accuracy, out=args.out or None,
-                       json_out=args.json_out, labels=labels, reader=args.reader,
-                       check_crc=args.check_crc)
-    except (FileNotFoundError, EventFileError, ValueError, ImportError) as err:
+                       json_out=args.json_out, labels=labels, check_crc=args.check_crc)
+    except (FileNotFoundError, ValueError) as err:  # summary.EventFileError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(rows))

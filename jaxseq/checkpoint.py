@@ -12,20 +12,31 @@ Failures while saving (disk full, an unwritable or vanished run directory, ...) 
 space left on device``), whether they happen in the call or in orbax's background thread; a failed
 save never touches the checkpoints committed before it. :func:`lock_run_directory` keeps two
 training processes from writing the same run directory.
+
+Checkpoints are verified: once a step has committed (:func:`wait`, which every :func:`save` calls
+first, confirms orbax's rename), the size and sha256 of each of its files go to ``<step>/checksums.json``;
+:func:`restore` and :func:`read_meta` check them first and raise :class:`CorruptCheckpointError` (step,
+file, what differs). A step without a manifest (earlier release, or killed before it was written) is
+accepted unverified, its failures reported the same way. :func:`restore_latest_intact` moves damaged
+steps to ``checkpoints/damaged/`` (never deleting them) and restores the newest intact one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import re
 import socket
+import sys
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -33,6 +44,21 @@ import orbax.checkpoint as ocp
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not match the model being restored."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A committed step is damaged: ``file`` (a Path) of ``step`` differs from its checksum, is missing or
+    unreadable; ``what`` says which."""
+
+    def __init__(self, step: int, file: str | Path, what: str):
+        self.step, self.file, self.what = int(step), Path(file), what
+        super().__init__(f"checkpoint step {step} is damaged: {file}: {what}")
+
+
+MANIFEST = "checksums.json"
+DAMAGED_DIR = "damaged"
+# The JSON files orbax parses; checked for readability in steps without a manifest.
+_JSON_FILES = ("_CHECKPOINT_METADATA", "meta/metadata", "loader/metadata", "state/_METADATA")
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -51,18 +77,30 @@ def create_manager(workdir: str | Path, max_to_keep: int = 3, read_only: bool = 
     Returns:
       An orbax ``CheckpointManager``; saves are asynchronous, call :func:`wait` before exiting.
     """
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        create=not read_only,
-        read_only=read_only,
-        cleanup_tmp_directories=not read_only,
-        enable_async_checkpointing=True,
-    )
     # Handlers named up front, so a manager opened on an existing run (evaluation, resume) can read
     # item metadata before anything was saved through it.
     handlers = {"state": ocp.StandardCheckpointHandler(), "loader": ocp.JsonCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+    with _quiet_orbax():
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+                                               cleanup_tmp_directories=not read_only, enable_async_checkpointing=True)
+        return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Silences orbax's absl log lines while it opens or reads steps.
+
+    It logs a damaged ``_CHECKPOINT_METADATA`` as an ERROR with the file's content, and announces
+    read-only options as WARNINGs; damage is reported by this module in one line instead.
+    """
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # The step each manager is saving in the background, so an error orbax raises later (at the next
@@ -87,8 +125,7 @@ def describe_os_error(err: BaseException) -> str:
             code = int(match.group(1))
             return f"[Errno {code}] {os.strerror(code)}"
         e = e.__cause__ or e.__context__
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return text if len(text) <= 300 else text[:300] + "..."
+    return _first_line(err, 300)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, loader_state: dict, meta: dict) -> None:
@@ -108,15 +145,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, loader_state: di
     wait(manager)
     _pending_steps[manager] = step
     try:
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                loader=ocp.args.JsonSave(loader_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   loader=ocp.args.JsonSave(loader_state),
+                                                   meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as err:  # orbax/tensorstore raise ValueError, OSError, RuntimeError for I/O failures
         _pending_steps.pop(manager, None)
         raise CheckpointError(f"cannot save checkpoint step {step} in {manager.directory}: "
@@ -124,10 +155,12 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, loader_state: di
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
-    """Blocks until pending saves are committed to disk (an async save is lost if the process exits first).
+    """Blocks until pending saves are committed to disk (an async save is lost if the process exits first),
+    then writes the committed step's ``checksums.json``.
 
     Raises:
-      CheckpointError: the background save failed; names its step and the reason.
+      CheckpointError: the background save, or the manifest of the step it committed, failed; names its
+        step and the reason (a step committed without manifest stays usable, unverified).
     """
     try:
         manager.wait_until_finished()
@@ -135,7 +168,51 @@ def wait(manager: ocp.CheckpointManager) -> None:
         step = _pending_steps.pop(manager, None)
         what = f"checkpoint step {step}" if step is not None else "a checkpoint"
         raise CheckpointError(f"cannot save {what} in {manager.directory}: {describe_os_error(err)}") from err
-    _pending_steps.pop(manager, None)
+    step = _pending_steps.pop(manager, None)
+    step_dir = Path(manager.directory) / str(step)
+    if step is not None and step_dir.is_dir():
+        try:
+            write_manifest(step_dir)
+        except OSError as err:
+            raise CheckpointError(f"cannot save the checksums of checkpoint step {step} in {manager.directory}: "
+                                  f"{describe_os_error(err)}") from err
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_manifest(step_dir: str | Path) -> Path:
+    """Records the size and sha256 of every file of a committed step in ``<step_dir>/checksums.json``.
+
+    Written to a temporary file and renamed, so a step has either a whole manifest or none.
+
+    Args:
+      step_dir: a committed step directory, ``checkpoints/<step>``.
+
+    Returns:
+      The manifest's path.
+
+    Raises:
+      OSError: the step cannot be read or the manifest cannot be written (the step stays as it was).
+    """
+    step_dir = Path(step_dir)
+    files = {}
+    for path in sorted(step_dir.rglob("*")):
+        if path.is_file() and not path.name.startswith(MANIFEST):
+            files[path.relative_to(step_dir).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    tmp, final = step_dir / (MANIFEST + ".tmp"), step_dir / MANIFEST
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"version": 1, "files": files}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return final
 
 
 def committed_steps(workdir: str | Path) -> list[int]:
@@ -158,9 +235,18 @@ def latest_step(manager: ocp.CheckpointManager) -> int | None:
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
-    """The ``meta`` item of a step (config etc.), without touching the arrays."""
-    restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return restored["meta"]
+    """The ``meta`` item of a step (config etc.), without touching the arrays.
+
+    Raises:
+      CorruptCheckpointError: the step's metadata files fail verification or cannot be read.
+    """
+    step_dir = Path(manager.directory) / str(step)
+    return _read_meta_checked(manager, step, _verify_step(step_dir, step, only=("meta/", "_CHECKPOINT_METADATA")))
+
+
+def _read_meta_checked(manager: ocp.CheckpointManager, step: int, verified: bool) -> dict:
+    with _reading(Path(manager.directory) / str(step), step, verified):
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
@@ -177,27 +263,237 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
       ``(state, loader_state, meta)``.
 
     Raises:
+      CorruptCheckpointError: the step fails verification (checked first) or cannot be read.
       CheckpointError: the step does not exist, or its arrays do not match ``abstract_state``
         (the message lists the differing entries).
     """
     if step not in manager.all_steps():
         raise CheckpointError(f"no checkpoint at step {step} in {manager.directory}; "
                               f"available: {sorted(manager.all_steps()) or 'none'}")
+    step_dir = Path(manager.directory) / str(step)
+    return _restore_checked(manager, step, abstract_state, _verify_step(step_dir, step))
+
+
+def _restore_checked(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+                     verified: bool) -> tuple[Any, dict, dict]:
+    """:func:`restore` of a step that :func:`_verify_step` passed (``verified``: it had a manifest)."""
+    step_dir = Path(manager.directory) / str(step)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    stored = manager.item_metadata(step)["state"]
+    with _reading(step_dir, step, verified):
+        stored = manager.item_metadata(step)["state"]
     differences = _structure_differences(stored, target)
     if differences:
         shown = "; ".join(differences[:6]) + (f"; ... ({len(differences)} in all)" if len(differences) > 6 else "")
         raise CheckpointError(f"checkpoint step {step} in {manager.directory} does not match the model: {shown}")
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target),
-            loader=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
+    with _reading(step_dir, step, verified):
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), loader=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["loader"], restored["meta"]
+
+
+def verify(workdir: str | Path, step: int) -> bool:
+    """Checks every file of a committed step against the checksums recorded when it was saved.
+
+    Args:
+      workdir: the run directory.
+      step: a committed step.
+
+    Returns:
+      True when the step was checked against its manifest; False when it has none (committed by an
+      earlier release, or the process stopped between commit and manifest): verification is not
+      available, only its JSON metadata was checked for readability.
+
+    Raises:
+      CorruptCheckpointError: a file is missing, has another size or sha256, or cannot be read;
+        or the manifest itself is unreadable.
+      CheckpointError: there is no such step.
+    """
+    return _verify_step(checkpoint_dir(workdir) / str(step), step)
+
+
+def _verify_step(step_dir: Path, step: int, only: tuple[str, ...] = ()) -> bool:
+    """:func:`verify` on a step directory; ``only``: check just the files whose paths start so."""
+    if not step_dir.is_dir():
+        raise CheckpointError(f"no checkpoint at step {step} in {step_dir.parent}")
+    manifest = _read_json(step_dir / MANIFEST, step, missing_ok=True)
+    if manifest is None:
+        for rel in _JSON_FILES:
+            if not only or rel.startswith(only):
+                _read_json(step_dir / rel, step)
+        return False
+    try:
+        files = {rel: (int(entry["size"]), str(entry["sha256"])) for rel, entry in manifest["files"].items()}
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise CorruptCheckpointError(step, step_dir / MANIFEST, "not a checksum manifest") from None
+    for rel, (size, digest) in files.items():
+        if only and not rel.startswith(only):
+            continue
+        path = step_dir / rel
+        try:
+            if path.stat().st_size != size:
+                raise CorruptCheckpointError(step, path, f"{path.stat().st_size} bytes, but {size} were written")
+            if _sha256(path) != digest:
+                raise CorruptCheckpointError(step, path, "sha256 differs from the one recorded when it was saved")
+        except FileNotFoundError:
+            raise CorruptCheckpointError(step, path, f"missing (listed in {MANIFEST})") from None
+        except OSError as err:
+            raise CorruptCheckpointError(step, path, f"cannot read: {describe_os_error(err)}") from None
+    return True
+
+
+def _read_json(path: Path, step: int, missing_ok: bool = False) -> Any:
+    """A JSON file of a step, parsed (None if missing and ``missing_ok``); damage raises naming it."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+        if not text.strip():
+            raise CorruptCheckpointError(step, path, "empty (truncated)")
+        return json.loads(text)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise CorruptCheckpointError(step, path, "missing") from None
+    except OSError as err:
+        raise CorruptCheckpointError(step, path, f"cannot read: {describe_os_error(err)}") from None
+    except UnicodeDecodeError:
+        raise CorruptCheckpointError(step, path, "not UTF-8 text (damaged)") from None
+    except ValueError as err:
+        raise CorruptCheckpointError(step, path, f"not valid JSON ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@contextlib.contextmanager
+def _reading(step_dir: Path, step: int, verified: bool):
+    """Turns any failure of orbax to read a step into one line naming the step and, when known, the file.
+
+    A verified step's files are intact, so a failure is not damage (a plain CheckpointError);
+    an unverified step's failure is taken as damage, naming the file tensorstore names.
+    """
+    _ignore_closed_loop_callbacks()  # before reading: a failing read's other reads may complete at any time
+    try:
+        with _quiet_orbax():
+            yield
+    except CheckpointError:
+        raise
+    except Exception as err:  # orbax/tensorstore raise ValueError, OSError, JSONDecodeError, RuntimeError
+        if verified:
+            raise CheckpointError(f"cannot read checkpoint step {step} in {step_dir.parent}: "
+                                  f"{_first_line(err)}") from None
+        named = re.findall(r'local file "([^"]+)"', str(err))  # the last is the innermost: the file itself
+        path = Path(named[-1]) if named else step_dir / "state"
+        raise CorruptCheckpointError(step, path, f"cannot be read ({_first_line(err, 160)})") from None
+
+
+def _closed_loop(value: BaseException | None) -> bool:
+    return type(value) is RuntimeError and str(value) == "Event loop is closed"
+
+
+def _ignore_closed_loop_callbacks() -> None:
+    """Keeps tensorstore's late callbacks of an aborted orbax read from printing tracebacks.
+
+    When one read of a damaged step fails, orbax closes its asyncio loop while tensorstore still
+    completes the other reads; each completion calls ``loop.call_soon_threadsafe`` on the closed loop
+    and the resulting ``RuntimeError: Event loop is closed`` is printed through ``sys.excepthook`` or
+    ``sys.unraisablehook``, until the process exits. Those are the only errors these hooks drop.
+    """
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def on_exception(kind, value, tb):
+        if not _closed_loop(value):
+            excepthook(kind, value, tb)
+
+    def on_unraisable(info):
+        if not _closed_loop(info.exc_value):
+            unraisablehook(info)
+
+    # Each hook wrapped once (a test runner may have replaced one since).
+    if not getattr(excepthook, "_drops_closed_loop", False):
+        on_exception._drops_closed_loop = True
+        sys.excepthook = on_exception
+    if not getattr(unraisablehook, "_drops_closed_loop", False):
+        on_unraisable._drops_closed_loop = True
+        sys.unraisablehook = on_unraisable
+
+
+def intact_steps(workdir: str | Path) -> list[int]:
+    """Committed steps that pass :func:`verify` (steps without a manifest count as intact), oldest first."""
+    out = []
+    for step in committed_steps(workdir):
+        with contextlib.suppress(CorruptCheckpointError):
+            verify(workdir, step)
+            out.append(step)
+    return out
+
+
+def set_aside(workdir: str | Path, step: int) -> Path:
+    """Moves a damaged step out of the manager's way, to ``checkpoints/damaged/<step>-<time>``; never deletes it.
+
+    Args:
+      workdir: the run directory.
+      step: a committed step.
+
+    Returns:
+      The step directory's new path (a manager opened before must ``reload()``).
+
+    Raises:
+      CheckpointError: the step cannot be moved (names the reason).
+    """
+    root = checkpoint_dir(workdir)
+    target = root / DAMAGED_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while target.exists():
+        target, n = target.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    try:
+        target.parent.mkdir(exist_ok=True)
+        os.rename(root / str(step), target)
+    except OSError as err:
+        raise CheckpointError(f"cannot set aside damaged checkpoint step {step} in {root}: "
+                              f"{describe_os_error(err)}") from None
+    return target
+
+
+def restore_latest_intact(manager: ocp.CheckpointManager, abstract_state: Any, log: Callable[[str], None] = print,
+                          check_meta: Callable[[int, dict], None] | None = None) -> tuple[int, Any, dict, dict] | None:
+    """Restores the newest intact step, setting aside (and reporting) every damaged newer one.
+
+    Args:
+      manager: from :func:`create_manager` (not read-only: damaged steps are moved).
+      abstract_state: as for :func:`restore`.
+      log: receives one line per damaged step set aside.
+      check_meta: called with ``(step, meta)`` of the step about to be restored, after its metadata
+        is verified and before its arrays are read; what it raises propagates (e.g. a ConfigError
+        naming the model settings that changed, rather than a list of tensor shapes).
+
+    Returns:
+      ``(step, state, loader_state, meta)``, or None when no step is committed.
+
+    Raises:
+      CheckpointError: every committed step was damaged (all set aside; names where), a step cannot be
+        set aside, or an intact step does not match ``abstract_state``.
+    """
+    workdir = Path(manager.directory).parent
+    damaged = []
+    try:
+        for step in reversed(committed_steps(workdir)):
+            try:
+                verified = verify(workdir, step)  # every file, once, before the caller's check
+                if check_meta is not None:
+                    check_meta(step, _read_meta_checked(manager, step, verified))
+                return (step, *_restore_checked(manager, step, abstract_state, verified))
+            except CorruptCheckpointError as err:
+                place = set_aside(workdir, step)
+                damaged.append(step)
+                log(f"warning: {err}; moved it to {place} and falling back to the previous checkpoint")
+    finally:
+        if damaged:
+            manager.reload()
+    if damaged:
+        raise CheckpointError(f"no intact checkpoint in {checkpoint_dir(workdir)}: damaged steps "
+                              f"{', '.join(map(str, damaged))} were moved to {checkpoint_dir(workdir) / DAMAGED_DIR}")
+    return None
 
 
 def _key_name(key: Any) -> str:

@@ -4,10 +4,13 @@ A config has four groups, ``data``, ``model``, ``optim`` and ``train``. The keys
 ``data.window_len``, ``model.name``, ``train.batch_size``, ``train.num_steps`` and ``train.seed``
 are part of the public interface: scripts and other tools rely on these exact names.
 
-Everything is checked here, before any compute starts: unknown keys (with close matches), wrong
-types, out-of-range values and combinations that cannot work (a window not divisible by the pooling
-product, neighbour loss on a model without per-position latents, ...). Each problem is reported as
-one line naming the setting.
+Everything is checked before any compute starts: unknown keys (with close matches), wrong types,
+non-finite numbers, out-of-range values and combinations that cannot work (a window not divisible by
+the pooling product, neighbour loss on a model without per-position latents, ...). Each problem is
+reported as one line naming the setting. The names (models, optimisers, schedules, split kinds,
+augmentations) and the checks of the modules that use a setting live in those modules; this one
+imports the names and calls the checks, turning their errors into :class:`ConfigError`. The
+defaults of every setting are the dataclass fields below.
 """
 
 from __future__ import annotations
@@ -15,18 +18,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-MODEL_NAMES = ("autoencoder", "multilayer", "dilated")
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential", "piecewise")
-HPARAM_SCHEDULES = ("constant", "linear", "cosine", "piecewise")
-AUGMENTATIONS = ("identity", "reverse", "complement", "reverse_complement")
+from jaxseq import loader, models, optim, splits
+from jaxseq.layers import COMPUTE_DTYPES, CONV_IMPLS
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,8 @@ class ModelConfig:
     latent_noise_std: Any = 0.0
     # The prototype's mix: (1 - w) * cross-entropy + w * neighbour loss.
     neighbour_loss_weight: float = 0.0
+    # Layer implementation: flax (cuDNN on GPUs), cpu (hand-written kernels), auto (cpu on the CPU backend).
+    conv_impl: str = "auto"
 
 
 @dataclasses.dataclass
@@ -108,6 +111,7 @@ class TrainConfig:
     examples: int = 3  # reconstruction examples printed at each evaluation
     devices: str | int = "all"  # "all" or a number of local devices
     skip_nonfinite: int = 0  # batches with non-finite loss/gradients that may be skipped
+    compute_dtype: str = "float32"  # convolutions and dense layers; params, optimiser state and loss stay float32
 
 
 @dataclasses.dataclass
@@ -125,7 +129,8 @@ class Config:
 # Fields that define the model and its data shape: a resumed run must keep them.
 ARCHITECTURE_KEYS = tuple(
     [f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
-     if f.name not in ("input_dropout", "latent_noise_std", "neighbour_loss_weight", "hidden_dropout")]
+     if f.name not in ("input_dropout", "latent_noise_std", "neighbour_loss_weight", "hidden_dropout",
+                       "conv_impl")]
     + ["data.window_len"]
 )
 
@@ -170,14 +175,19 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e30" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # "1e30" written where no YAML resolver saw it (e.g. a quoted value)
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(number):  # .nan, .inf, 1e999: nothing downstream can use them
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -231,15 +241,83 @@ def from_dict(tree: dict, base: Config | None = None) -> Config:
     return config
 
 
+class _SettingsLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and reads ``1e-3`` (no dot) as a number.
+
+    PyYAML keeps the last of two equal keys silently, so a setting written twice would lose one
+    value unseen; and YAML 1.1 reads an exponent without a dot as a string.
+    """
+
+
+def _unique_mapping(loader_: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader_.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        except TypeError:  # unhashable key: construct_mapping reports it
+            pass
+    return loader_.construct_mapping(node, deep=deep)
+
+
+_SettingsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+_SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is not None and problem:
+        return f"{problem} on line {mark.line + 1}"
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Reads a YAML settings file (a config, a sweep spec).
+
+    Args:
+      path: the file.
+
+    Returns:
+      The parsed document (not None).
+
+    Raises:
+      ConfigError: one line naming the file: it is missing or unreadable, not UTF-8, not YAML, has a
+        key twice in one mapping, or is empty.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot read it ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line})") from None
+    try:
+        tree = yaml.load(text, Loader=_SettingsLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: not valid YAML ({_yaml_problem(err)})") from None
+    if tree is None:
+        raise ConfigError(f"config file {path} is empty: it holds no settings")
+    return tree
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"a.b=value"`` -> ``("a.b", parsed value)``; the value is read as YAML (numbers, lists, ...)."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.num_steps=100")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_SettingsLoader) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {key}: cannot read value {raw!r}: {err.__class__.__name__}") from None
+        raise ConfigError(f"--set {key}: cannot read value {raw!r}: {_yaml_problem(err)}") from None
     return key.strip(), value
 
 
@@ -258,13 +336,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     """
     config = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            tree = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        tree = read_yaml(path)
         try:
             from_dict(tree, config)
         except ConfigError as err:
@@ -276,30 +348,21 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return config
 
 
-def _check_schedule_value(key: str, spec: Any, upper: float | None) -> None:
-    """Hyperparameter schedules: a number, or a mapping understood by optim.create_hparam_schedule."""
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        values = [float(spec)]
-    elif isinstance(spec, dict):
-        kind = spec.get("schedule", "constant")
-        if kind not in HPARAM_SCHEDULES:
-            raise ConfigError(f"{key}.schedule: unknown schedule {kind!r}; choose one of {', '.join(HPARAM_SCHEDULES)}")
-        allowed = {"schedule", "value", "end_value", "transition_begin", "transition_steps", "boundaries", "values"}
-        for name in spec:
-            if name not in allowed:
-                raise ConfigError(f"{key}: unknown schedule field {name!r}{_close(name, allowed)}")
-        values = [spec.get("value", 0.0), spec.get("end_value", spec.get("value", 0.0)), *spec.get("values", [])]
-        if kind == "piecewise" and len(spec.get("values", [])) != len(spec.get("boundaries", [])) + 1:
-            raise ConfigError(f"{key}: piecewise needs one more value than boundaries")
-        for v in values:
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise ConfigError(f"{key}: schedule values must be numbers, got {v!r}")
-    else:
-        raise ConfigError(f"{key}: expected a number or a schedule mapping, got {spec!r}")
-    for v in values:
-        if v < 0 or (upper is not None and v >= upper) or not math.isfinite(v):
-            bound = f"in [0, {upper})" if upper is not None else ">= 0"
-            raise ConfigError(f"{key}: value {v} out of range, must be {bound}")
+def _owner_check(key: str, check: Callable[[], Any]) -> None:
+    """Runs an owning module's check, turning its error into a ConfigError naming the setting.
+
+    ``key`` is a setting (``"data.augment"``) or a group (``"optim"``) whose checks start each message
+    with the field they name (``"learning_rate must be > 0, ..."``).
+    """
+    try:
+        check()
+    except ValueError as err:  # LoaderError and SplitError are ValueErrors too
+        group, _, field = key.partition(".")
+        text = str(err)
+        first = re.match(r"\w*", text)[0]
+        if first == field or (not field and first in _field_types(_groups()[group])):
+            raise ConfigError(f"{group}.{text}") from None
+        raise ConfigError(f"{key}: {text}") from None
 
 
 def _check_data_restrictions(d: DataConfig) -> None:
@@ -313,19 +376,18 @@ def _check_data_restrictions(d: DataConfig) -> None:
             raise ConfigError(f"data.{key}: file {value} does not exist")
 
 
-def validate(config: Config) -> None:
-    """Checks ranges and combinations.
+def _model_settings_error(err: ValueError) -> ConfigError:
+    """A models.py error (``"ClassName: kernel_len must be odd, ..."``) with its fields named as settings."""
+    fields = sorted((n for n in _field_types(ModelConfig) if n != "name"), key=len, reverse=True)
+    text = re.sub(r"^\w+: ", "", str(err))
+    text = re.sub(r"\b(window_len|" + "|".join(fields) + r")\b",
+                  lambda m: ("data." if m[1] == "window_len" else "model.") + m[1], text)
+    return ConfigError(text)
 
-    Raises:
-      ConfigError: the first problem found, naming the setting.
-    """
-    d, m, o, t = config.data, config.model, config.optim, config.train
-    _check_data_restrictions(d)
 
-    def positive(key: str, value) -> None:
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
-
+def _check_counts(config: Config) -> None:
+    """Integer settings that must be positive, or >= 0."""
+    d, m, t = config.data, config.model, config.train
     for key, value in [("data.window_len", d.window_len), ("data.block_len", d.block_len),
                        ("model.kernel_len", m.kernel_len), ("model.latent_len", m.latent_len),
                        ("model.hidden_len", m.hidden_len), ("model.pool_size", m.pool_size),
@@ -333,70 +395,64 @@ def validate(config: Config) -> None:
                        ("model.n_linear", m.n_linear), ("train.batch_size", t.batch_size),
                        ("train.num_steps", t.num_steps), ("train.steps_per_call", t.steps_per_call),
                        ("train.log_every", t.log_every), ("train.eval_every", t.eval_every),
-                       ("train.checkpoint_every", t.checkpoint_every), ("train.max_to_keep", t.max_to_keep),
-                       ("optim.learning_rate", o.learning_rate)]:
-        positive(key, value)
+                       ("train.checkpoint_every", t.checkpoint_every), ("train.max_to_keep", t.max_to_keep)]:
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
     for key, value in [("data.stride", d.stride), ("data.prefetch", d.prefetch), ("train.seed", t.seed),
                        ("train.eval_max_windows", t.eval_max_windows), ("train.histogram_every", t.histogram_every),
                        ("train.examples", t.examples), ("train.skip_nonfinite", t.skip_nonfinite),
-                       ("optim.warmup_steps", o.warmup_steps), ("optim.grad_clip_norm", o.grad_clip_norm),
-                       ("optim.transition_steps", o.transition_steps),
-                       ("optim.weight_decay", o.weight_decay), ("data.split_seed", d.split_seed)]:
+                       ("data.split_seed", d.split_seed)]:
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
-    if d.split not in ("blocks", "records"):
-        raise ConfigError(f"data.split: unknown strategy {d.split!r}; choose blocks or records")
-    if len(d.proportions) != 3 or any(p < 0 for p in d.proportions) or not math.isclose(sum(d.proportions), 1.0):
-        raise ConfigError(f"data.proportions must be three non-negative numbers (train, valid, test) summing to 1, "
-                          f"got {d.proportions}")
+
+
+def _check_data(d: DataConfig) -> None:
+    if d.split not in splits.STRATEGIES:
+        raise ConfigError(f"data.split: unknown strategy {d.split!r}{_close(d.split, splits.STRATEGIES)}; "
+                          f"choose one of {', '.join(splits.STRATEGIES)}")
+    _owner_check("data.proportions", lambda: splits._check_proportions(d.proportions))
     if not 0.0 <= d.max_n_fraction <= 1.0:
         raise ConfigError(f"data.max_n_fraction must be in [0, 1], got {d.max_n_fraction}")
-    if not d.augment:
-        raise ConfigError("data.augment must list at least one of " + ", ".join(AUGMENTATIONS))
-    for a in d.augment:
-        if a not in AUGMENTATIONS:
-            raise ConfigError(f"data.augment: unknown augmentation {a!r}{_close(a, AUGMENTATIONS)}; "
-                              f"choose from {', '.join(AUGMENTATIONS)}")
-    if m.name not in MODEL_NAMES:
-        raise ConfigError(f"model.name: unknown model {m.name!r}{_close(m.name, MODEL_NAMES)}; "
-                          f"choose one of {', '.join(MODEL_NAMES)}")
-    if m.pool not in ("max", "avg"):
-        raise ConfigError(f"model.pool must be max or avg, got {m.pool!r}")
-    if not 0.0 <= m.hidden_dropout < 1.0:
-        raise ConfigError(f"model.hidden_dropout must be in [0, 1), got {m.hidden_dropout}")
-    _check_schedule_value("model.input_dropout", m.input_dropout, 1.0)
-    _check_schedule_value("model.latent_noise_std", m.latent_noise_std, None)
+    _owner_check("data.augment", lambda: loader._check_augment(d.augment))
+    _check_data_restrictions(d)
+
+
+def _check_model(config: Config) -> None:
+    m = config.model
+    if m.name not in models.MODELS:
+        raise ConfigError(f"model.name: unknown model {m.name!r}{_close(m.name, models.MODELS)}; "
+                          f"choose one of {', '.join(models.MODELS)}")
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dataclasses.asdict(m).items() if k != "name"}
+    try:  # builds the unbound module only: its constructor checks its fields
+        models.create_model(m.name, config.data.window_len, **fields)
+    except ValueError as err:
+        raise _model_settings_error(err) from None
+    _owner_check("model", lambda: optim.check_hparams(m))
     if not 0.0 <= m.neighbour_loss_weight < 1.0:
         raise ConfigError(f"model.neighbour_loss_weight must be in [0, 1), got {m.neighbour_loss_weight}")
-    if m.name == "autoencoder" and m.kernel_len > d.window_len:
-        raise ConfigError(f"model.kernel_len ({m.kernel_len}) must not exceed data.window_len ({d.window_len})")
-    if m.name == "multilayer":
-        reduction = m.pool_size ** m.n_conv_and_pool
-        if d.window_len % reduction:
-            raise ConfigError(f"data.window_len ({d.window_len}) must be divisible by model.pool_size ** "
-                              f"model.n_conv_and_pool ({m.pool_size}**{m.n_conv_and_pool} = {reduction})")
-        if m.kernel_len % 2 == 0:
-            raise ConfigError(f"model.kernel_len must be odd for the multilayer model ('same' padding k//2), "
-                              f"got {m.kernel_len}")
-        if m.neighbour_loss_weight > 0:
-            raise ConfigError("model.neighbour_loss_weight needs per-position latents (autoencoder or dilated); "
-                              "the multilayer latent is one vector per window")
-    if m.name == "dilated":
-        if not m.dilations or any(x <= 0 for x in m.dilations):
-            raise ConfigError(f"model.dilations must be a non-empty list of positive integers, got {m.dilations}")
-        if m.kernel_len % 2 == 0:
-            raise ConfigError(f"model.kernel_len must be odd for the dilated model, got {m.kernel_len}")
-    if o.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"optim.optimizer: unknown optimizer {o.optimizer!r}{_close(o.optimizer, OPTIMIZERS)}; "
-                          f"choose one of {', '.join(OPTIMIZERS)}")
-    if o.schedule not in LR_SCHEDULES:
-        raise ConfigError(f"optim.schedule: unknown schedule {o.schedule!r}{_close(o.schedule, LR_SCHEDULES)}; "
-                          f"choose one of {', '.join(LR_SCHEDULES)}")
-    if o.schedule == "piecewise" and len(o.scales) != len(o.boundaries):
-        raise ConfigError(f"optim.scales must have one entry per optim.boundaries entry "
-                          f"({len(o.scales)} vs {len(o.boundaries)})")
-    if o.warmup_steps and o.warmup_steps >= t.num_steps:
-        raise ConfigError(f"optim.warmup_steps ({o.warmup_steps}) must be smaller than train.num_steps ({t.num_steps})")
+    if m.name == "multilayer" and m.neighbour_loss_weight > 0:
+        raise ConfigError("model.neighbour_loss_weight needs per-position latents (autoencoder or dilated); "
+                          "the multilayer latent is one vector per window")
+    if m.name == "dilated" and m.kernel_len % 2 == 0:
+        raise ConfigError(f"model.kernel_len must be odd for the dilated model, got {m.kernel_len}")
+
+
+def validate(config: Config) -> None:
+    """Checks ranges and combinations, calling the checks of the modules that own the settings.
+
+    Raises:
+      ConfigError: the first problem found, naming the setting.
+    """
+    _check_counts(config)
+    _check_data(config.data)
+    _check_model(config)
+    _owner_check("optim", lambda: optim.check_optim(config.optim, config.train.num_steps))
+    t = config.train
+    for key, value, choices in [("model.conv_impl", config.model.conv_impl, CONV_IMPLS),
+                                ("train.compute_dtype", t.compute_dtype, COMPUTE_DTYPES)]:
+        if value not in choices:
+            raise ConfigError(f"{key}: unknown value {value!r}{_close(str(value), choices)}; "
+                              f"choose one of {', '.join(choices)}")
     if t.devices != "all":
         try:
             if isinstance(t.devices, bool) or int(t.devices) <= 0:
@@ -406,15 +462,34 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.devices must be 'all' or a positive integer, got {t.devices!r}") from None
 
 
+def setting_keys() -> list[str]:
+    """Every setting, ``"group.name"``, in declaration order."""
+    return _all_keys()
+
+
+def differences(old: Config, new: Config, keys: typing.Iterable[str] | None = None) -> list[str]:
+    """``"group.name: old -> new"`` for each setting that differs, in declaration order.
+
+    Args:
+      old, new: two configs.
+      keys: only these settings (``"group.name"``); None for all of them.
+
+    Returns:
+      One string per differing setting, values as ``repr``.
+    """
+    a, b = old.to_dict(), new.to_dict()
+    wanted = None if keys is None else set(keys)
+    out = []
+    for key in _all_keys():
+        group, name = key.split(".")
+        if (wanted is None or key in wanted) and a[group][name] != b[group][name]:
+            out.append(f"{key}: {a[group][name]!r} -> {b[group][name]!r}")
+    return out
+
+
 def architecture_changes(old: Config, new: Config) -> list[str]:
     """Settings that differ between two configs and that a resumed run cannot change."""
-    a, b = old.to_dict(), new.to_dict()
-    changed = []
-    for key in ARCHITECTURE_KEYS:
-        group, name = key.split(".")
-        if a[group][name] != b[group][name]:
-            changed.append(f"{key}: {a[group][name]!r} -> {b[group][name]!r}")
-    return changed
+    return differences(old, new, ARCHITECTURE_KEYS)
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -181,6 +181,8 @@ def format_report(report: Mapping[str, Any], examples: bool = True) -> str:
         f"  scored          {int(r['n_bases']):,} bases in {int(r['n_windows']):,} windows "
         f"(window {r['window_len']}, stride {r['stride']}); {int(r['n_excluded_n']):,} N positions excluded",
     ]
+    if not r["n_bases"]:
+        lines.append("  no base was scored: every position of these windows is N (accuracy and loss undefined)")
     if "spread" in r:
         for key in ("accuracy", "loss"):
             s = r["spread"][key]

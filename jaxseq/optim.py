@@ -1,34 +1,38 @@
 """optax optimiser, learning-rate schedule and hyperparameter schedules from the ``optim`` config.
 
-The config may be a dataclass (attributes) or a mapping (keys); every field has a default, so a
-partial config works. Fields read by the optimiser (mirrored in ``config.py``'s ``OptimConfig``):
+The config is an object with attributes, normally ``config.OptimConfig``, which holds the one set of
+defaults; every field below must be present. :func:`check_optim` and :func:`check_hparams` hold
+every check of these settings (``config.validate`` calls them before any compute); each error
+message starts with the field it names.
 
-======================  =============  ================  ====================================================
-field                   type           default           meaning
-======================  =============  ================  ====================================================
-``optimizer``           str            ``"sgd"``         ``"sgd"`` | ``"momentum"`` | ``"adam"`` | ``"adamw"``
-``learning_rate``       float          ``0.01``          base (peak) learning rate, > 0
-``momentum``            float          ``0.9``           ``"momentum"`` only (heavy-ball SGD)
-``weight_decay``        float          ``1e-4``          ``"adamw"`` only (decoupled, all parameters);
-                                                         ignored by the other optimisers
-``b1``, ``b2``          float          0.9, 0.999        ``"adam"``, ``"adamw"``
-``grad_clip_norm``      float          ``0.0``           clip gradients to this global norm; 0 = off
-``schedule``            str            ``"constant"``    ``"constant"`` | ``"cosine"`` | ``"warmup_cosine"``
-                                                         | ``"exponential"`` | ``"piecewise"``
-``warmup_steps``        int            ``0``             linear warmup from 0 (see below)
-``end_value``           float          ``0.0``           final lr of ``"cosine"``/``"warmup_cosine"``; lower
-                                                         bound of ``"exponential"`` when > 0
-``decay_rate``          float          ``0.1``           ``"exponential"``: factor per ``transition_steps``
-``transition_steps``    int            ``0``             ``"exponential"``; 0 means ``num_steps``
-``staircase``           bool           ``False``         ``"exponential"``: decay in discrete steps
-``boundaries``          list[int]      ``[]``            ``"piecewise"``: strictly increasing steps
-``scales``              list[float]    ``[]``            ``"piecewise"``: one factor per boundary, applied
-                                                         from that step on; factors multiply cumulatively
-======================  =============  ================  ====================================================
+======================  =============  ====================================================
+field                   type           meaning
+======================  =============  ====================================================
+``optimizer``           str            ``"sgd"`` | ``"momentum"`` | ``"adam"`` | ``"adamw"``
+``learning_rate``       float          base (peak) learning rate, > 0
+``momentum``            float          ``"momentum"`` only (heavy-ball SGD), in [0, 1)
+``weight_decay``        float          ``"adamw"`` only (decoupled, all parameters), >= 0;
+                                       ignored by the other optimisers
+``b1``, ``b2``          float          ``"adam"``, ``"adamw"``, each in [0, 1)
+``grad_clip_norm``      float          clip gradients to this global norm; 0 = off
+``schedule``            str            ``"constant"`` | ``"cosine"`` | ``"warmup_cosine"``
+                                       | ``"exponential"`` | ``"piecewise"``
+``warmup_steps``        int            linear warmup from 0 (see below), < ``num_steps``
+``end_value``           float          final lr of ``"cosine"``/``"warmup_cosine"``; lower
+                                       bound of ``"exponential"`` when > 0
+``decay_rate``          float          ``"exponential"``: factor per ``transition_steps``, > 0
+``transition_steps``    int            ``"exponential"``; 0 means ``num_steps``
+``staircase``           bool           ``"exponential"``: decay in discrete steps
+``boundaries``          list[int]      ``"piecewise"``: strictly increasing steps
+``scales``              list[float]    ``"piecewise"``: one factor (>= 0) per boundary, applied
+                                       from that step on; factors multiply cumulatively
+======================  =============  ====================================================
+
+Every float must be finite.
 
 Hyperparameter schedules are read by :func:`create_hparam_schedules` from whichever config section
-holds the fields ``input_dropout`` and ``latent_noise_std`` (each ``float | dict``, default 0.0,
-format below; ``train.py`` passes the ``model`` section).
+holds the fields ``input_dropout`` and ``latent_noise_std`` (each ``float | dict``, format below;
+``train.py`` passes the ``model`` section).
 
 Learning-rate schedules (``lr`` = ``learning_rate``, ``s`` = step, all step counts absolute):
 
@@ -53,13 +57,15 @@ Hyperparameter schedules (``input_dropout``, ``latent_noise_std``) are a number 
   ``s < b1``, ``v1`` for ``b1 <= s < b2``, ... (``len(values) == len(boundaries) + 1``; each value
   starts at its boundary, like the piecewise learning-rate schedule).
 
-Defaults: ``end_value`` 0.0, ``transition_begin`` 0, ``transition_steps`` 0 meaning "until
-``num_steps``". Schedules return float32 scalars (strongly typed, so feeding them to a jitted step
+Defaults inside a schedule mapping: ``end_value`` 0.0, ``transition_begin`` 0, ``transition_steps``
+0 meaning "until ``num_steps``". Values must be finite and in range (dropout in [0, 1), noise >= 0). Schedules return float32 scalars (strongly typed, so feeding them to a jitted step
 never changes its signature) and accept traced steps.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -73,6 +79,8 @@ __all__ = [
     "HPARAMS",
     "OPTIMIZERS",
     "SCHEDULES",
+    "check_hparams",
+    "check_optim",
     "create_hparam_schedules",
     "create_learning_rate_schedule",
     "create_optimizer",
@@ -85,65 +93,113 @@ HPARAM_SCHEDULES = ("constant", "linear", "cosine", "piecewise")
 #: Hyperparameters the models read from ``hparams``, with the valid range of each (low, high, high inclusive).
 HPARAMS = {"input_dropout": (0.0, 1.0, False), "latent_noise_std": (0.0, float("inf"), True)}
 
+#: The fields a hyperparameter schedule mapping may have.
+HPARAM_FIELDS = ("schedule", "value", "end_value", "transition_begin", "transition_steps", "boundaries", "values")
+
 _MISSING = object()
 
 
-def _get(cfg: Any, key: str, default: Any = _MISSING, what: str = "optim config") -> Any:
-    """Reads ``key`` from a mapping or an object with attributes."""
-    if isinstance(cfg, Mapping):
-        value = cfg.get(key, default)
-    else:
-        value = getattr(cfg, key, default)
+def _get(spec: Mapping[str, Any], key: str, default: Any = _MISSING, what: str = "schedule") -> Any:
+    """Reads ``key`` from a schedule mapping, ``default`` when absent."""
+    value = spec.get(key, default)
     if value is _MISSING:
         raise ValueError(f"{what} is missing {key!r}")
     return value
 
 
-def _choice(kind: str, value: str, choices: Sequence[str]) -> str:
+def _choice(field: str, kind: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise ValueError(f"unknown {kind} {value!r}; choices: {', '.join(choices)}")
+        matches = difflib.get_close_matches(str(value), list(choices), n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(matches)}?)" if matches else ""
+        raise ValueError(f"{field}: unknown {kind} {value!r}{hint}; choices: {', '.join(choices)}")
     return value
+
+
+def _number(field: str, value: Any, low: float = -math.inf, high: float = math.inf, *,
+            low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a float after checking it is a finite number in the interval; errors name ``field``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{field} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number, got {value}")
+    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        if high == math.inf:
+            bound = f"> {low:g}" if low_open else f">= {low:g}"
+        else:
+            bound = f"in {left}{low:g}, {high:g}{right}"
+        raise ValueError(f"{field} must be {bound}, got {value:g}")
+    return value
+
+
+def _step_count(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{field} must be an integer >= 0, got {value!r}")
+    return int(value)
 
 
 def _f32(x) -> jax.Array:
     return jnp.asarray(x, jnp.float32)
 
 
-def _check_piecewise(boundaries: Sequence[int], n_values: int, n_expected: int, what: str) -> None:
+def _check_piecewise(boundaries: Sequence[Any], n_values: int, n_expected: int, what: str) -> list[int]:
     if n_values != n_expected:
         raise ValueError(f"{what}: got {len(boundaries)} boundaries and {n_values} values/scales "
                          f"(expected {n_expected})")
-    if any(b <= a for a, b in zip(boundaries, boundaries[1:])) or any(b < 0 for b in boundaries):
+    steps = [_step_count(what, b) for b in boundaries]
+    if any(b <= a for a, b in zip(steps, steps[1:])):
         raise ValueError(f"{what}: boundaries must be non-negative and strictly increasing, got {list(boundaries)}")
+    return steps
+
+
+def check_optim(cfg: Any, num_steps: int) -> None:
+    """Checks every optimiser and learning-rate field (types, finiteness, ranges, combinations).
+
+    Args:
+      cfg: optim config (attributes as in the module docstring).
+      num_steps: total training steps.
+
+    Raises:
+      ValueError: the first problem; the message starts with the field's name.
+    """
+    _choice("optimizer", "optimizer", cfg.optimizer, OPTIMIZERS)
+    _choice("schedule", "schedule", cfg.schedule, SCHEDULES)
+    _number("learning_rate", cfg.learning_rate, 0.0, low_open=True)
+    for field in ("b1", "b2", "momentum"):
+        _number(field, getattr(cfg, field), 0.0, 1.0, high_open=True)
+    for field in ("weight_decay", "grad_clip_norm", "end_value"):
+        _number(field, getattr(cfg, field), 0.0)
+    _number("decay_rate", cfg.decay_rate, 0.0, low_open=True)
+    _step_count("transition_steps", cfg.transition_steps)
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    warmup = _step_count("warmup_steps", cfg.warmup_steps)
+    if warmup and warmup >= num_steps:
+        raise ValueError(f"warmup_steps ({warmup}) must be smaller than the number of training steps ({num_steps})")
+    if cfg.schedule == "piecewise":
+        _check_piecewise(cfg.boundaries, len(cfg.scales), len(cfg.boundaries), "boundaries")
+        for i, scale in enumerate(cfg.scales):
+            _number(f"scales[{i}]", scale, 0.0)
 
 
 def create_learning_rate_schedule(cfg: Any, num_steps: int) -> optax.Schedule:
     """Builds the learning-rate schedule.
 
     Args:
-      cfg: optim config (mapping or dataclass); fields in the module docstring.
+      cfg: optim config (attributes as in the module docstring).
       num_steps: total training steps (the horizon of cosine decays).
 
     Returns:
       ``step -> float32 scalar`` (works on traced steps).
 
     Raises:
-      ValueError: unknown schedule name (lists the choices) or inconsistent fields.
+      ValueError: as :func:`check_optim`.
     """
-    lr = float(_get(cfg, "learning_rate", 0.01))
-    name = _choice("learning-rate schedule", _get(cfg, "schedule", "constant"), SCHEDULES)
-    warmup = int(_get(cfg, "warmup_steps", 0))
-    end_value = float(_get(cfg, "end_value", 0.0))
-    if lr <= 0:
-        raise ValueError(f"learning_rate must be > 0, got {lr}")
-    if warmup < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup}")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-
+    check_optim(cfg, num_steps)
+    lr, name, warmup, end_value = float(cfg.learning_rate), cfg.schedule, int(cfg.warmup_steps), float(cfg.end_value)
     if name == "warmup_cosine":
-        if warmup >= num_steps:
-            raise ValueError(f"warmup_steps {warmup} must be < num_steps {num_steps}")
         schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, num_steps, end_value)
         return lambda step: _f32(schedule(step))
     if name == "constant":
@@ -151,19 +207,11 @@ def create_learning_rate_schedule(cfg: Any, num_steps: int) -> optax.Schedule:
     elif name == "cosine":
         schedule = optax.cosine_decay_schedule(lr, num_steps, alpha=end_value / lr)
     elif name == "exponential":
-        transition_steps = int(_get(cfg, "transition_steps", 0)) or num_steps
-        decay_rate = float(_get(cfg, "decay_rate", 0.1))
-        if transition_steps < 0 or decay_rate <= 0:
-            raise ValueError(f"exponential schedule needs transition_steps >= 0 and decay_rate > 0, "
-                             f"got {transition_steps}, {decay_rate}")
-        schedule = optax.exponential_decay(lr, transition_steps, decay_rate,
-                                           staircase=bool(_get(cfg, "staircase", False)),
-                                           end_value=end_value if end_value > 0 else None)
+        schedule = optax.exponential_decay(lr, int(cfg.transition_steps) or num_steps, float(cfg.decay_rate),
+                                           staircase=bool(cfg.staircase), end_value=end_value if end_value > 0 else None)
     else:  # piecewise
-        boundaries = [int(b) for b in _get(cfg, "boundaries", [])]
-        scales = [float(s) for s in _get(cfg, "scales", [])]
-        _check_piecewise(boundaries, len(scales), len(boundaries), "piecewise learning-rate schedule")
-        schedule = optax.piecewise_constant_schedule(lr, dict(zip(boundaries, scales)))
+        scales = [float(x) for x in cfg.scales]
+        schedule = optax.piecewise_constant_schedule(lr, dict(zip([int(b) for b in cfg.boundaries], scales)))
 
     if warmup == 0:
         return lambda step: _f32(schedule(step))
@@ -182,23 +230,18 @@ def create_optimizer(optim_cfg: Any, num_steps: int) -> optax.GradientTransforma
     optimiser state (see :func:`current_learning_rate`).
 
     Args:
-      optim_cfg: optim config (mapping or dataclass); fields in the module docstring.
+      optim_cfg: optim config (attributes as in the module docstring).
       num_steps: total training steps.
 
     Returns:
       An ``optax.GradientTransformation``.
 
     Raises:
-      ValueError: unknown optimizer or schedule (lists the choices) or invalid values.
+      ValueError: as :func:`check_optim`.
     """
-    name = _choice("optimizer", _get(optim_cfg, "optimizer", "sgd"), OPTIMIZERS)
-    schedule = create_learning_rate_schedule(optim_cfg, num_steps)
-    clip = float(_get(optim_cfg, "grad_clip_norm", 0.0))
-    momentum = float(_get(optim_cfg, "momentum", 0.9))
-    b1, b2 = float(_get(optim_cfg, "b1", 0.9)), float(_get(optim_cfg, "b2", 0.999))
-    weight_decay = float(_get(optim_cfg, "weight_decay", 1e-4))
-    if clip < 0:
-        raise ValueError(f"grad_clip_norm must be >= 0 (0 = off), got {clip}")
+    schedule = create_learning_rate_schedule(optim_cfg, num_steps)  # checks every field
+    name, clip, momentum = optim_cfg.optimizer, float(optim_cfg.grad_clip_norm), float(optim_cfg.momentum)
+    b1, b2, weight_decay = float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.weight_decay)
 
     def make(learning_rate):
         if name == "sgd":
@@ -240,38 +283,58 @@ def current_learning_rate(opt_state: Any) -> jax.Array:
     raise ValueError("no injected learning_rate in this optimiser state (build it with create_optimizer)")
 
 
-def _hparam_schedule(name: str, spec: Any, num_steps: int) -> optax.Schedule:
+def _check_hparam(name: str, spec: Any) -> dict[str, Any]:
+    """One hyperparameter's spec as a full mapping (a number is a constant), after checking it."""
     low, high, high_inclusive = HPARAMS[name]
 
-    def check(value: float) -> float:
-        value = float(value)
-        if not (low <= value and (value <= high if high_inclusive else value < high)):
-            bracket = "]" if high_inclusive else ")"
-            raise ValueError(f"{name} schedule: value {value} outside [{low}, {high}{bracket}")
-        return value
+    def value(field: str, v: Any) -> float:
+        return _number(f"{name}: {field}", v, low, high, high_open=not high_inclusive)
 
-    if spec is None:
-        spec = 0.0
-    if isinstance(spec, (int, float, np.number)):
-        value = _f32(check(spec))
-        return lambda step: value
-    kind = _choice(f"{name} schedule", _get(spec, "schedule", "constant"), HPARAM_SCHEDULES)
-    if kind == "constant":
-        value = _f32(check(_get(spec, "value", what=f"{name} schedule")))
-        return lambda step: value
+    if isinstance(spec, (int, float, np.number)) and not isinstance(spec, bool):
+        return {"schedule": "constant", "value": value("value", spec)}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{name}: expected a number or a schedule mapping, got {spec!r}")
+    for field in spec:
+        if field not in HPARAM_FIELDS:
+            _choice(name, "schedule field", field, HPARAM_FIELDS)
+    kind = _choice(name, "schedule", spec.get("schedule", "constant"), HPARAM_SCHEDULES)
     if kind == "piecewise":
-        boundaries = [int(b) for b in _get(spec, "boundaries", what=f"{name} schedule")]
-        values = [check(v) for v in _get(spec, "values", what=f"{name} schedule")]
-        _check_piecewise(boundaries, len(values), len(boundaries) + 1, f"{name} piecewise schedule")
-        bounds, table = jnp.asarray(boundaries, jnp.int32), _f32(values)
+        boundaries, values = list(_get(spec, "boundaries", what=f"{name} schedule")), \
+            list(_get(spec, "values", what=f"{name} schedule"))
+        steps = _check_piecewise(boundaries, len(values), len(boundaries) + 1, f"{name}: boundaries")
+        return {"schedule": kind, "boundaries": steps,
+                "values": [value(f"values[{i}]", v) for i, v in enumerate(values)]}
+    out = {"schedule": kind, "value": value("value", _get(spec, "value", what=f"{name} schedule"))}
+    if kind != "constant":
+        out.update(end_value=value("end_value", spec.get("end_value", 0.0)),
+                   transition_begin=_step_count(f"{name}: transition_begin", spec.get("transition_begin", 0)),
+                   transition_steps=_step_count(f"{name}: transition_steps", spec.get("transition_steps", 0)))
+    return out
+
+
+def check_hparams(cfg: Any) -> None:
+    """Checks the scheduled hyperparameters (``input_dropout``, ``latent_noise_std``) of a config section.
+
+    Raises:
+      ValueError: unknown schedule or field, a value that is not a finite number in range (dropout in
+        [0, 1), noise std >= 0), or inconsistent boundaries/values; the message starts with the name.
+    """
+    for name in HPARAMS:
+        _check_hparam(name, getattr(cfg, name))
+
+
+def _hparam_schedule(name: str, spec: Any, num_steps: int) -> optax.Schedule:
+    spec = _check_hparam(name, spec)
+    kind = spec["schedule"]
+    if kind == "constant":
+        constant = _f32(spec["value"])
+        return lambda step: constant
+    if kind == "piecewise":
+        bounds, table = jnp.asarray(spec["boundaries"], jnp.int32), _f32(spec["values"])
         # side="right" counts boundaries <= step: each value starts at its boundary.
         return lambda step: table[jnp.searchsorted(bounds, jnp.asarray(step, jnp.int32), side="right")]
-
-    start, end = check(_get(spec, "value", what=f"{name} schedule")), check(_get(spec, "end_value", 0.0))
-    begin = int(_get(spec, "transition_begin", 0))
-    steps = int(_get(spec, "transition_steps", 0)) or max(num_steps - begin, 1)
-    if begin < 0 or steps < 0:
-        raise ValueError(f"{name} schedule: transition_begin and transition_steps must be >= 0")
+    start, end, begin = spec["value"], spec["end_value"], spec["transition_begin"]
+    steps = spec["transition_steps"] or max(num_steps - begin, 1)
 
     def schedule(step):
         progress = jnp.clip((jnp.asarray(step, jnp.float32) - begin) / steps, 0.0, 1.0)
@@ -286,8 +349,8 @@ def create_hparam_schedules(cfg: Any, num_steps: int) -> dict[str, Callable[[Any
     """Builds the schedules of the model's scheduled hyperparameters.
 
     Args:
-      cfg: config section (mapping or dataclass) with ``input_dropout`` and ``latent_noise_std``,
-        each a number or a schedule dict (format in the module docstring); missing means 0.
+      cfg: config section (attributes) with ``input_dropout`` and ``latent_noise_std``, each a
+        number or a schedule mapping (format in the module docstring).
       num_steps: total training steps (default horizon of linear/cosine ramps).
 
     Returns:
@@ -295,7 +358,6 @@ def create_hparam_schedules(cfg: Any, num_steps: int) -> dict[str, Callable[[Any
       to a float32 scalar. Feed ``{k: s(step)}`` to the model as ``hparams``.
 
     Raises:
-      ValueError: unknown schedule name (lists the choices), values out of range (dropout in [0, 1),
-        noise std >= 0), or inconsistent boundaries/values.
+      ValueError: as :func:`check_hparams`.
     """
-    return {name: _hparam_schedule(name, _get(cfg, name, 0.0), num_steps) for name in HPARAMS}
+    return {name: _hparam_schedule(name, getattr(cfg, name), num_steps) for name in HPARAMS}

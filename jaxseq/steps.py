@@ -77,7 +77,7 @@ def create_model(config: Config):
     """The Flax module named by ``config.model.name``, with the config's fields."""
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dataclasses.asdict(config.model).items()}
     name = fields.pop("name")
-    return models.create_model(name, config.data.window_len, **fields)
+    return models.create_model(name, config.data.window_len, dtype=config.train.compute_dtype, **fields)
 
 
 def _init(model, window_len: int, rng: jax.Array) -> dict:

@@ -1,4 +1,4 @@
-"""Run a study: ``python -m jaxseq.sweep SWEEP.yaml [--out DIR] [--set key=value ...] [--dry-run]``.
+"""Run a study: ``python -m jaxseq.sweep SWEEP.yaml [--out DIR] [--set key=value ...] [--jobs N] [--dry-run]``.
 
 A sweep file (``configs/sweeps/*.yaml``) names a base config and the settings to vary::
 
@@ -21,29 +21,31 @@ applied in the order: base file, ``set``, the run's own overrides, then ``--set`
 Every run's config is built and validated before anything trains, so a typo fails at once, naming the
 sweep file and the key.
 
-Each run trains into ``OUT/<run name>`` (default ``OUT = runs/sweeps/<sweep file stem>``) through
-:func:`jaxseq.train.train_and_evaluate`. The run name is made from the run's own overrides
-(``kernel_len=3_latent_len=6``: the last part of each key unless two of its keys share it), so it does
-not depend on the other runs and stays the same from one invocation to the next. A run with
-``final_metrics.json`` is finished and skipped (its config must equal the one the sweep would use now,
-except for settings that cannot change results such as ``data.cache_dir`` or ``train.log_every``;
-otherwise the sweep stops: results from another setup are never mixed into a table); a run with
-checkpoints but no final metrics resumes from its latest checkpoint.
+Each run trains into ``OUT/<run name>``; the name is made from the run's own overrides
+(``kernel_len=3_latent_len=6``: the last part of each key unless two of its keys share it), so it stays the
+same from one invocation to the next. A run with ``final_metrics.json`` is finished and skipped (its config
+must equal the one the sweep would use now, up to settings that cannot change results such as
+``data.cache_dir``; otherwise the sweep stops: results of another setup are never mixed into a table); a run
+with checkpoints but no final metrics resumes from its latest checkpoint. A failed run does not stop the
+others: the table shows its error line, and the next invocation retries it.
 
-Evaluation on the test split: deterministic mode is the one ``train_and_evaluate`` already did over the
-whole test split (``final_metrics.json``); stochastic mode (input dropout and latent noise on, at the
-schedule values of the last step) runs ``python -m jaxseq.evaluate RUN --split test --mode stochastic``
-and reads its ``eval_test_stochastic_step<N>.json``.
+Where runs train: by default in this process, one after another (:func:`jaxseq.train.train_and_evaluate`).
+``--jobs N``: up to N at once, each a child ``python -m jaxseq.train`` pinned to its own GPUs or CPU cores
+(:mod:`jaxseq.launch`), one progress line per run. ``--executor slurm``: one SLURM job per run through
+submitit (``--slurm-partition``, ``--slurm-gpus-per-run``, ``--slurm-cpus-per-run``, ``--slurm-time``;
+``--jobs N`` caps the jobs running at once), this process waiting for them.
 
-Outputs: ``OUT/results.csv`` (full precision) and ``OUT/results.md`` (a Markdown table): the run name,
-one column per varied setting (the run's effective value, also where only other runs set it), test
-accuracy and bits per base (per mode), validation accuracy, steps, wall time of training plus
-evaluation (seconds, including compilation), training windows per second (last logging interval), and
-with ``target_run`` the first validation evaluation at or above the target run's final test accuracy
-(step and seconds since the run's TensorBoard writer started).
-TensorBoard's HParams view compares the runs (``tensorboard --logdir OUT``): ``train_and_evaluate``
-writes every run's flattened config and final test metrics under ``<run>/tensorboard/hparams``; the
-sweep checks that they are there and writes them itself if not.
+Evaluation on the test split: deterministic mode is the one training did (``final_metrics.json``);
+stochastic mode (input dropout and latent noise on, at the schedule values of the last step) calls
+:func:`jaxseq.evaluate.evaluate` in this process, which writes ``eval_test_stochastic_step<N>.json``.
+
+Outputs: ``OUT/results.csv`` (full precision) and ``OUT/results.md`` (Markdown): the run name, one column
+per varied setting (the run's effective value), test accuracy and bits per base (per mode), validation
+accuracy, steps, wall time (training and its evaluation, including compilation and, for a child, its
+start-up), training windows per second (last logging interval), and with ``target_run`` the first
+validation evaluation at or above the target run's final test accuracy (step, and seconds since the run's
+TensorBoard writer started). TensorBoard's HParams view compares the runs (``tensorboard --logdir OUT``):
+each run's config and test metrics are in ``<run>/tensorboard/hparams`` (written by training, else here).
 """
 
 from __future__ import annotations
@@ -53,13 +55,10 @@ import copy
 import csv
 import dataclasses
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
 import re
-import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -68,6 +67,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from jaxseq import config as config_lib
+from jaxseq import launch, summary
 from jaxseq.config import Config, ConfigError
 from jaxseq.train import TrainingInterrupted
 
@@ -183,22 +183,8 @@ def _apply_overrides(config: Config, overrides: Mapping[str, Any]) -> None:
 # Loading
 
 
-def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
-    """Reads a sweep file, expands its runs and builds and validates every run's config.
-
-    Args:
-      path: the sweep YAML.
-      overrides: command-line ``key=value`` strings applied to every run, last.
-
-    Returns:
-      the :class:`Sweep`.
-
-    Raises:
-      SweepError: one line naming the sweep file and the key at fault (unknown sweep key, unknown or
-        invalid config key or value, grid values that are not a list, duplicate run names, ...).
-    """
-    path = Path(path)
-
+def _read_spec(path: Path) -> dict[str, Any]:
+    """The sweep file's mapping with its shape checked; ``base`` resolved, ``evaluate`` a list of modes."""
     def fail(message: str) -> SweepError:
         return SweepError(f"sweep file {path}: {message}")
 
@@ -219,18 +205,8 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     base = (path.parent / spec["base"]).resolve()
     if not base.is_file():
         raise fail(f"base config {spec['base']} does not exist ({base})")
-
-    common = spec.get("set") or {}
-    if not isinstance(common, dict):
+    if not isinstance(spec.get("set") or {}, dict):
         raise fail("'set' must be a mapping of group.key: value")
-    cli = {}
-    for text in overrides:
-        try:
-            key, value = config_lib.parse_override(text)
-        except ConfigError as err:
-            raise SweepError(str(err)) from None
-        cli[key] = value
-
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict):
         raise fail("'grid' must be a mapping of group.key: [values]")
@@ -240,16 +216,44 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     runs = spec.get("runs") or []
     if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
         raise fail("'runs' must be a list of mappings of group.key: value")
-
     modes = spec.get("evaluate", ["deterministic"])
     modes = [modes] if isinstance(modes, str) else modes
     if not isinstance(modes, list) or not modes or any(m not in EVAL_MODES for m in modes):
         raise fail(f"'evaluate' must list modes among {', '.join(EVAL_MODES)}, got {modes!r}")
-    if "deterministic" not in modes:
-        modes = ["deterministic", *modes]
+    return {**spec, "base": base, "set": dict(spec.get("set") or {}), "grid": grid, "runs": runs,
+            "evaluate": modes if "deterministic" in modes else ["deterministic", *modes]}
 
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
+    """Reads a sweep file, expands its runs and builds and validates every run's config.
+
+    Args:
+      path: the sweep YAML.
+      overrides: command-line ``key=value`` strings applied to every run, last.
+
+    Returns:
+      the :class:`Sweep`.
+
+    Raises:
+      SweepError: one line naming the sweep file and the key at fault (unknown sweep key, unknown or
+        invalid config key or value, grid values that are not a list, duplicate run names, ...).
+    """
+    path = Path(path)
+    spec = _read_spec(path)
+    common, grid, runs = spec["set"], spec["grid"], spec["runs"]
+
+    def fail(message: str) -> SweepError:
+        return SweepError(f"sweep file {path}: {message}")
+
+    cli = {}
+    for text in overrides:
+        try:
+            key, value = config_lib.parse_override(text)
+        except ConfigError as err:
+            raise SweepError(str(err)) from None
+        cli[key] = value
     try:
-        base_config = config_lib.load_config(base)
+        base_config = config_lib.load_config(spec["base"])
     except ConfigError as err:
         raise fail(f"base: {err}") from None
     # Check the common settings once, so their errors are not blamed on a run.
@@ -282,55 +286,8 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     target = spec.get("target_run")
     if target is not None and target not in seen:
         raise fail(f"target_run {target!r} is not one of the runs: {', '.join(seen)}")
-    return Sweep(path=path, name=path.stem, base=base, description=str(spec.get("description", "")).strip(),
-                 common=dict(common), cli=cli, runs=expanded, modes=tuple(modes), target_run=target)
-
-
-# ----------------------------------------------------------------------------------------------
-# TensorBoard event files (read with tensorboardX's protos: no TensorFlow or tensorboard needed)
-
-
-def read_events(logdir: str | Path) -> list:
-    """Every ``Event`` of the event files directly in ``logdir`` (not subfolders), in file order.
-
-    A truncated last record (a writer still open or killed) ends the file's list.
-    """
-    from tensorboardX.proto import event_pb2
-
-    events = []
-    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
-        data, pos = path.read_bytes(), 0
-        while pos + 12 <= len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            start, end = pos + 12, pos + 12 + length
-            if end + 4 > len(data):
-                break
-            events.append(event_pb2.Event.FromString(data[start:end]))
-            pos = end + 4
-    return events
-
-
-def read_scalars(logdir: str | Path, tag: str) -> list[tuple[int, float, float]]:
-    """``(step, wall_time, value)`` of every scalar ``tag`` in ``logdir``'s event files."""
-    return [(e.step, e.wall_time, v.simple_value) for e in read_events(logdir) for v in e.summary.value
-            if v.tag == tag]
-
-
-def has_hparams(run_dir: str | Path) -> bool:
-    """Whether the run's TensorBoard holds an HParams session (``<run>/tensorboard/hparams``)."""
-    folder = Path(run_dir) / "tensorboard" / "hparams"
-    return folder.is_dir() and any(v.tag == "_hparams_/session_start_info"
-                                   for e in read_events(folder) for v in e.summary.value)
-
-
-def _write_hparams(run_dir: Path, config: Config, metrics: Mapping[str, float]) -> None:
-    from jaxseq import summary
-
-    writer = summary.create_writer(run_dir)
-    try:
-        summary.write_hparams(writer, config.to_dict(), metrics)
-    finally:
-        writer.close()
+    return Sweep(path=path, name=path.stem, base=spec["base"], description=str(spec.get("description", "")).strip(),
+                 common=common, cli=cli, runs=expanded, modes=tuple(spec["evaluate"]), target_run=target)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,35 +324,32 @@ def check_finished(run: Run, run_dir: Path) -> bool:
 
 
 def evaluate_stochastic(run_dir: Path, step: int, log: Callable[[str], None] = print) -> dict | None:
-    """The run's stochastic-mode test report, running ``python -m jaxseq.evaluate`` once if needed.
+    """The run's stochastic-mode test report: read from its JSON, else computed (in this process) and written.
 
     Returns:
-      the report dict (``accuracy``, ``bits_per_base``, ...), or None when ``jaxseq.evaluate`` is not
-      installed or fails (logged; the table then leaves the stochastic columns empty).
+      the report dict (``accuracy``, ``bits_per_base``, ...), or None when the evaluation fails (logged;
+      the table then leaves the stochastic columns empty).
     """
     path = run_dir / f"eval_test_stochastic_step{step}.json"
-    if not path.is_file():
-        if importlib.util.find_spec("jaxseq.evaluate") is None:
-            log(f"  stochastic evaluation skipped: jaxseq.evaluate is not available")
-            return None
-        command = [sys.executable, "-m", "jaxseq.evaluate", str(run_dir), "--split", "test", "--mode", "stochastic",
-                   "--step", str(step)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0 or not path.is_file():
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            log(f"  stochastic evaluation failed (exit {done.returncode}): {last}")
-            return None
-    return json.loads(path.read_text())
+    if path.is_file():
+        return json.loads(path.read_text())
+    from jaxseq import evaluate
+
+    try:
+        return evaluate.evaluate(run_dir, split="test", mode="stochastic", step=step, write=True)
+    except Exception as err:  # one run's evaluation must not lose the table of the others
+        first = (str(err).splitlines() or [""])[0]
+        log(f"  {run_dir.name}: stochastic evaluation failed: {type(err).__name__}: {first}")
+        return None
 
 
 def _first_reaching(run_dir: Path, target: float) -> tuple[int | None, float | None]:
     """First validation evaluation at or above ``target``: (step, seconds since the writer started)."""
-    events = read_events(run_dir / "tensorboard")
+    events = summary.read_events(run_dir / "tensorboard")
     if not events:
         return None, None
     start = min(e.wall_time for e in events)
-    for step, wall, value in sorted((e.step, e.wall_time, v.simple_value) for e in events for v in e.summary.value
-                                    if v.tag == "eval/accuracy"):
+    for step, wall, value in sorted(summary.event_scalars(events).get("eval/accuracy", [])):
         if value >= target:
             return step, wall - start
     return None, None
@@ -412,85 +366,107 @@ def collect_row(sweep: Sweep, run: Run, run_dir: Path, log: Callable[[str], None
     final = json.loads((run_dir / "final_metrics.json").read_text())
     info_path = run_dir / "sweep_run.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    row: dict[str, Any] = {"run": run.name, **effective_values(run, sweep.override_keys)}
-    row["test_accuracy"] = final["test_accuracy"]
-    row["test_bits_per_base"] = final["test_loss"] / math.log(2.0)
+    row: dict[str, Any] = {"run": run.name, **effective_values(run, sweep.override_keys), "test_accuracy":
+                           final["test_accuracy"], "test_bits_per_base": final["test_loss"] / math.log(2.0)}
     if "stochastic" in sweep.modes:
-        report = evaluate_stochastic(run_dir, int(final["step"]), log)
-        row["test_accuracy_stochastic"] = report["accuracy"] if report else None
-        row["test_bits_per_base_stochastic"] = report["bits_per_base"] if report else None
-    row["valid_accuracy"] = final["valid_accuracy"]
-    row["steps"] = int(final["step"])
-    row["wall_time_s"] = info.get("wall_time_s")
-    row["windows_per_sec"] = final.get("windows_per_sec")
-    return row
+        report = evaluate_stochastic(run_dir, int(final["step"]), log) or {}
+        row["test_accuracy_stochastic"], row["test_bits_per_base_stochastic"] = (report.get("accuracy"),
+                                                                                 report.get("bits_per_base"))
+    return {**row, "valid_accuracy": final["valid_accuracy"], "steps": int(final["step"]),
+            "wall_time_s": info.get("wall_time_s"), "windows_per_sec": final.get("windows_per_sec")}
 
 
 def _add_target_columns(sweep: Sweep, rows: list[dict], out: Path) -> float | None:
     if sweep.target_run is None:
         return None
     target = next((r.get("test_accuracy") for r in rows if r["run"] == sweep.target_run), None)
-    if target is None:
-        return None
-    for row in rows:
-        if "note" in row:
-            continue
-        row["steps_to_target"], row["seconds_to_target"] = _first_reaching(out / row["run"], target)
+    for row in rows if target is not None else []:
+        if "note" not in row:
+            row["steps_to_target"], row["seconds_to_target"] = _first_reaching(out / row["run"], target)
     return target
 
 
-def run_sweep(sweep: Sweep, out: str | Path, *, train_fn: Callable | None = None,
-              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Trains every unfinished run in order, evaluates, and writes ``results.csv`` and ``results.md``.
+def _result_row(sweep: Sweep, run: Run, run_dir: Path, outcome: launch.Outcome | None,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """The run's results row; a failed run's row has its name, settings and ``note``."""
+    if outcome is not None and outcome.error is not None:
+        return {"run": run.name, **effective_values(run, sweep.override_keys), "note": f"failed: {outcome.error}"}
+    if outcome is not None:
+        (run_dir / "sweep_run.json").write_text(json.dumps(
+            {"sweep": str(sweep.path), "overrides": run.overrides, "wall_time_s": outcome.wall_time_s,
+             "started": outcome.started, "devices": outcome.devices}, indent=2, default=str))
+    if not summary.has_hparams(run_dir):  # training writes them; a run from elsewhere may lack them
+        final = json.loads((run_dir / "final_metrics.json").read_text())
+        writer = summary.create_writer(run_dir)
+        try:
+            summary.write_hparams(writer, run.config.to_dict(), {k: final[k] for k in ("test_accuracy", "test_loss")})
+        finally:
+            writer.close()
+    row = collect_row(sweep, run, run_dir, log)
+    log(f"  {run.name}: test accuracy {row['test_accuracy']:.4f}, {row['test_bits_per_base']:.4f} bits/base"
+        + (f", wall {row['wall_time_s']:.1f} s" if row["wall_time_s"] is not None else ""))
+    return row
+
+
+def run_sweep(sweep: Sweep, out: str | Path, *, train_fn: Callable | None = None, jobs: int | None = None,
+              cluster: launch.ClusterOptions | None = None, log: Callable[[str], None] = print,
+              redraw: bool = False) -> list[dict[str, Any]]:
+    """Trains every unfinished run, evaluates, and writes ``results.csv`` and ``results.md``.
 
     Args:
       sweep: from :func:`load_sweep`.
       out: output folder; one subfolder per run.
-      train_fn: ``(config, workdir) -> metrics``; default :func:`jaxseq.train.train_and_evaluate`.
-      log: progress messages.
+      train_fn: ``(config, workdir) -> metrics`` for runs trained in this process; default
+        :func:`jaxseq.train.train_and_evaluate`.
+      jobs: None or 1: in this process, in order; N > 1: up to N child processes at once, each on its own
+        devices (:func:`jaxseq.launch.device_slots`); with ``cluster``: most jobs at once (None: all).
+      cluster: submit each run as a cluster job through submitit (:class:`jaxseq.launch.ClusterOptions`).
+      log, redraw: progress messages; redraw the children's progress lines in place (a terminal).
 
     Returns:
-      the result rows (as written to ``results.csv``); a run whose training raised has only its name,
-      overrides and ``note`` ("failed: ..."), and is retried by the next invocation.
+      the result rows (as written to ``results.csv``); a run whose training failed has only its name,
+      overrides and ``note`` ("failed: <error line>"), and is retried by the next invocation.
 
     Raises:
-      SweepError: a finished run in ``out`` has another config.
+      SweepError, launch.LaunchError: a finished run in ``out`` has another config, or the devices or
+        cluster cannot run the sweep as asked (before anything is trained or written).
+      TrainingInterrupted, launch.Interrupted: stopped by a signal after the running runs saved.
     """
     out = Path(out)
-    if train_fn is None:
-        from jaxseq import train
-
-        train_fn = train.train_and_evaluate
-    # Refuse before training anything if any finished run conflicts.
+    if jobs is not None and jobs < 1:
+        raise launch.LaunchError(f"--jobs must be >= 1, got {jobs}")
+    in_process = cluster is None and (jobs or 1) == 1
+    # Refuse before training anything if any finished run conflicts or the devices do not fit.
     finished = {run.name: check_finished(run, out / run.name) for run in sweep.runs}
+    slots = launch.device_slots(jobs) if not in_process and cluster is None else None
+    if cluster is not None:
+        launch.check_cluster(cluster)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
     for i, run in enumerate(sweep.runs, 1):
-        run_dir = out / run.name
-        if finished[run.name]:
-            log(f"[{i}/{len(sweep.runs)}] {run.name}: finished, skipped")
-        else:
-            log(f"[{i}/{len(sweep.runs)}] {run.name}: training {run.config.train.num_steps} steps")
-            started = time.perf_counter()
-            try:
-                train_fn(run.config, run_dir)
-            except Exception as err:  # one failed run (e.g. diverged) must not lose the others
-                message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                log(f"  failed: {message}")
-                rows.append({"run": run.name, **effective_values(run, sweep.override_keys),
-                             "note": f"failed: {message}"})
-                continue
-            wall = time.perf_counter() - started
-            (run_dir / "sweep_run.json").write_text(json.dumps(
-                {"sweep": str(sweep.path), "overrides": run.overrides, "wall_time_s": wall}, indent=2, default=str))
-        if not has_hparams(run_dir):
-            final = json.loads((run_dir / "final_metrics.json").read_text())
-            _write_hparams(run_dir, run.config, {"test_accuracy": final["test_accuracy"],
-                                                 "test_loss": final["test_loss"]})
-        row = collect_row(sweep, run, run_dir, log)
-        rows.append(row)
-        log(f"  test accuracy {row['test_accuracy']:.4f}, {row['test_bits_per_base']:.4f} bits/base"
-            + (f", wall {row['wall_time_s']:.1f} s" if row["wall_time_s"] is not None else ""))
+        log(f"[{i}/{len(sweep.runs)}] {run.name}: " + ("finished, skipped" if finished[run.name] else
+                                                       f"{run.config.train.num_steps} steps to train"))
+    todo = [run for run in sweep.runs if not finished[run.name]]
+    if in_process:
+        if train_fn is None:
+            from jaxseq import train
+
+            train_fn = train.train_and_evaluate
+        rows = []
+        for run in sweep.runs:  # train, then tabulate at once: a stopped sweep keeps every evaluation done
+            outcome, started = None, time.time()
+            if run in todo:
+                try:
+                    train_fn(run.config, out / run.name)
+                    outcome = launch.Outcome(None, time.time() - started, started, "in process")
+                except Exception as err:  # one failed run (e.g. diverged) must not lose the others
+                    outcome = launch.Outcome(f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}",
+                                             time.time() - started, started, "in process")
+                    log(f"  failed: {outcome.error}")
+            rows.append(_result_row(sweep, run, out / run.name, outcome, log))
+    else:
+        outcomes = launch.train_runs([(run.name, out / run.name, run.config) for run in todo], out, jobs=jobs,
+                                     slots=slots, cluster=cluster, log=log, redraw=redraw)
+        rows = [_result_row(sweep, run, out / run.name, outcomes.get(run.name), log) for run in sweep.runs]
     target = _add_target_columns(sweep, rows, out)
     write_results(sweep, rows, out, target=target)
     log(f"wrote {out / 'results.csv'} and {out / 'results.md'}")
@@ -581,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting in every run, e.g. --set train.num_steps=20 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
+    launch.add_arguments(parser)
     return parser
 
 
@@ -600,11 +577,12 @@ def main(argv: list[str] | None = None) -> int:
                 settings = ", ".join(f"{k}={_csv_value(v)}" for k, v in run.overrides.items()) or "(base)"
                 print(f"  [{i}] {run.name}  ({state}; {run.config.train.num_steps} steps): {settings}")
             return 0
-        rows = run_sweep(sweep, out)
-    except (SweepError, ConfigError) as err:
+        cluster = launch.cluster_options(args)
+        rows = run_sweep(sweep, out, jobs=args.jobs, cluster=cluster, redraw=sys.stdout.isatty())
+    except (SweepError, ConfigError, launch.LaunchError, summary.EventFileError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except TrainingInterrupted as err:  # the run saved a checkpoint; rerunning the sweep resumes it
+    except (TrainingInterrupted, launch.Interrupted) as err:  # checkpoints saved; rerunning the sweep resumes
         print(f"{err}; rerun the sweep to continue", file=sys.stderr)
         return err.exit_code
     failed = [row["run"] for row in rows if row.get("note")]

@@ -180,8 +180,9 @@ class _Loop:
         """Trains to ``train.num_steps`` or a stop signal, logging, evaluating and saving on the way."""
         t = self.t
         # Not on a terminal (logs, CI) a line per refresh floods the file: refresh every 30 s there.
-        self.bar = tqdm(total=t.num_steps, initial=self.step, disable=not self.main, desc="compiling",
-                        unit="step", dynamic_ncols=True, bar_format="{desc}: step {n}/{total} ({elapsed})",
+        self.bar = tqdm(total=t.num_steps, initial=self.step, disable=not self.main or self.step >= t.num_steps,
+                        desc="compiling", unit="step", dynamic_ncols=True,
+                        bar_format="{desc}: step {n}/{total} ({elapsed})",
                         mininterval=0.1 if sys.stderr.isatty() else 30.0)
         try:
             while self.step < t.num_steps and not parallel.any_process(self.stop.signum is not None):
@@ -259,12 +260,20 @@ def _open_inputs(config: Config, workdir: Path, require_checkpoint: bool):
 
 
 def _finished(config: Config, workdir: Path) -> dict | None:
-    """The final metrics of a run that already trained to ``train.num_steps`` and evaluated, else None."""
+    """The final metrics of a run that already trained to ``train.num_steps`` and evaluated, else None.
+
+    Only with unchanged settings: any change takes the normal path, which checks it (and refuses one
+    that changes the model).
+    """
     final = rundir.read_final_metrics(workdir)
     found = checkpoint.committed_steps(workdir)
-    if final and found and final.get("step") == found[-1] >= config.train.num_steps:
-        return final
-    return None
+    if not (final and found and final.get("step") == found[-1] >= config.train.num_steps):
+        return None
+    try:
+        saved = config_lib.load_config(workdir / "config.yaml")
+    except ConfigError:
+        return None
+    return None if rundir.changed_settings(saved, config) else final
 
 
 def _open_run_directory(cleanup: contextlib.ExitStack, config: Config, workdir: Path, mesh, require_checkpoint: bool):

@@ -308,6 +308,8 @@ class TrainedModel:
             raise EvaluateError(f"--examples must be >= 0, got {examples}")
         split = str(split_or_fasta)
         fasta = None if split in evaluator.SPLITS else split_or_fasta
+        if fasta is not None and not Path(split).exists() and not Path(split).suffix and "/" not in split:
+            raise EvaluateError(f"unknown split {split!r}; choose from {', '.join(evaluator.SPLITS)} or give a FASTA path")
         target = evaluator.open_evaluator(self.config, split, fasta, cache_dir)
         mesh = self.mesh if self.mesh is not None else parallel.create_mesh(1)
         hparams = evaluator.eval_hparams(self.config, self.step) if mode == "stochastic" else {}

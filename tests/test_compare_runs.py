@@ -1,6 +1,7 @@
 """experiments/compare_runs.py: reads TensorBoard event files without tensorboard, tabulates and plots runs."""
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,12 +100,17 @@ def test_reader_checks_crcs_and_tolerates_a_truncated_last_record(two_runs):
     run = compare_runs.read_run(root / "jaxseq_run", check_crc=True)
     assert [s.value for s in run.scalars["eval/loss"]] == pytest.approx([1.2, 0.6, 0.3, 0.2])
     (path,) = compare_runs.event_files(root / "jaxseq_run")
+    assert summary.event_files(root / "jaxseq_run" / "tensorboard") == [path]
     data = path.read_bytes()
     path.write_bytes(data + data[:20])  # a writer killed mid-record
     assert len(compare_runs.read_run(root / "jaxseq_run").scalars["eval/loss"]) == 4
     path.write_bytes(data[:8] + b"\0\0\0\0" + data[12:])
-    with pytest.raises(compare_runs.EventFileError, match="corrupt record header"):
+    with pytest.raises(summary.EventFileError, match="corrupt record header at byte 0"):
         compare_runs.read_run(root / "jaxseq_run")
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # last record's data CRC
+    assert len(compare_runs.read_run(root / "jaxseq_run").scalars["eval/loss"]) == 4
+    with pytest.raises(summary.EventFileError, match="corrupt record data"):
+        compare_runs.read_run(root / "jaxseq_run", check_crc=True)
 
 
 def test_cli_errors_on_a_folder_without_events(tmp_path, capsys):
@@ -116,3 +122,19 @@ def test_default_labels_tell_same_named_runs_apart(tmp_path):
     assert compare_runs.default_labels([tmp_path / "a" / "run", tmp_path / "b" / "run"]) == ["a/run", "b/run"]
     (tmp_path / "y" / "tensorboard").mkdir(parents=True)  # a run's tensorboard/ folder stands for the run
     assert compare_runs.default_labels([tmp_path / "x", tmp_path / "y" / "tensorboard"]) == ["x", "y"]
+
+
+def test_one_event_reader_reads_scalars_and_tags_without_importing_torch(two_runs):
+    root, _, _ = two_runs
+    logdir = root / "jaxseq_run" / "tensorboard"
+    accuracy = summary.read_scalars(logdir, "eval/accuracy")
+    assert [(step, value) for step, _, value in accuracy] == [(s, pytest.approx(a)) for s, _, a, _, _ in FAST]
+    assert summary.read_scalars(logdir, "no/such/tag") == []
+    assert {"eval/accuracy", "train/loss", "config/text_summary", "params/w"} <= summary.read_tags(logdir)
+    # tensorboardX imports torch whenever it is installed; jaxseq hides it (seconds of start-up per process).
+    code = ("import sys; from jaxseq import summary; "
+            f"assert len(summary.read_scalars({str(logdir)!r}, 'eval/loss')) == 4; "
+            "summary.create_writer(sys.argv[1]).close(); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(root / "w")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False" and summary.event_files(root / "w" / "tensorboard")

@@ -1,4 +1,5 @@
-"""Tests for jaxseq.models: shapes, parameter counts, PyTorch layer semantics, regularisers, jit stability."""
+"""Tests for jaxseq.models and jaxseq.layers: shapes, parameter counts, PyTorch layer semantics (both
+``conv_impl`` values), regularisers, jit stability. Kernel gradients: tests/test_kernels.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseq import models
+from jaxseq import layers, models
 from jaxseq import tokens as tok
 
 RNGS = {"dropout": jax.random.key(1), "noise": jax.random.key(2)}
@@ -308,20 +309,21 @@ def test_output_shapes_train_and_eval(name, fields, length, latent_shape):
 # PyTorch layer semantics.
 
 
+@pytest.mark.parametrize("impl", ["flax", "cpu"])
 @pytest.mark.parametrize("k, pad", [(5, 0), (5, 2), (3, 1), (4, 0), (1, 0)])
-def test_conv_and_conv_transpose_match_pytorch_semantics(k, pad):
+def test_conv_and_conv_transpose_match_pytorch_semantics(k, pad, impl):
     rng = np.random.default_rng(0)
     batch, c_in, c_out, length = 2, 3, 5, 9
     x = rng.normal(size=(batch, c_in, length)).astype(np.float32)
 
     w_conv = rng.normal(size=(c_out, c_in, k)).astype(np.float32)
     b = rng.normal(size=c_out).astype(np.float32)
-    conv = models._conv(c_out, k, c_in, padding=((pad, pad),), name="c")
+    conv = layers.conv(c_out, k, c_in, padding=((pad, pad),), impl=impl, name="c")
     got = conv.apply({"params": {"kernel": w_conv.transpose(2, 1, 0), "bias": b}}, x.transpose(0, 2, 1))
     np.testing.assert_allclose(np.asarray(got).transpose(0, 2, 1), conv1d_ref(x, w_conv, b, pad), atol=1e-5)
 
     w_t = rng.normal(size=(c_in, c_out, k)).astype(np.float32)  # PyTorch ConvTranspose1d (C_in, C_out, k)
-    conv_t = models._conv_transpose(c_out, k, pad, name="t")
+    conv_t = layers.conv_transpose(c_out, k, pad, impl=impl, name="t")
     got = conv_t.apply({"params": {"kernel": w_t.transpose(2, 1, 0), "bias": b}}, x.transpose(0, 2, 1))
     want = conv_transpose1d_ref(x, w_t, b, pad)
     assert got.shape == (batch, length - 2 * pad + k - 1, c_out)
@@ -360,8 +362,9 @@ def test_autoencoder_layers_match_pytorch_reference():
               n_conv_before_pool=3, n_linear=3), 18),
     ],
 )
-def test_multilayer_matches_numpy_prototype(fields, window, train):
-    model = models.MultilayerAutoencoder(window_len=window, **fields)
+@pytest.mark.parametrize("impl", ["flax", "cpu"])
+def test_multilayer_matches_numpy_prototype(fields, window, train, impl):
+    model = models.MultilayerAutoencoder(window_len=window, conv_impl=impl, **fields)
     tokens = jax.random.randint(jax.random.key(5), (6, window), 0, 6)
     # Non-trivial BatchNorm parameters and running statistics, so a mix-up would show.
     variables = random_variables(model, window)
@@ -374,22 +377,23 @@ def test_multilayer_matches_numpy_prototype(fields, window, train):
 
 def test_upsample_linear_hand_computed_and_reference():
     x = jnp.asarray([0.0, 1.0, 4.0]).reshape(1, 3, 1)
-    got = models.upsample_linear(x, 2)[0, :, 0]
+    got = layers.upsample_linear(x, 2)[0, :, 0]
     # src = (j + 0.5) / 2 - 0.5 = -0.25 (clamped to 0), 0.25, 0.75, 1.25, 1.75, 2.25 (right neighbour clamped)
     np.testing.assert_allclose(got, [0.0, 0.25, 0.75, 1.75, 3.25, 4.0], atol=1e-7)
     rng = np.random.default_rng(2)
     for scale in (2, 3):
         x = rng.normal(size=(2, 5, 3)).astype(np.float32)  # (B, L, C)
         want = upsample_linear_ref(x.transpose(0, 2, 1), scale).transpose(0, 2, 1)
-        np.testing.assert_allclose(models.upsample_linear(jnp.asarray(x), scale), want, atol=1e-6)
+        np.testing.assert_allclose(layers.upsample_linear(jnp.asarray(x), scale), want, atol=1e-6)
         # jax.image.resize's 'linear' (triangle kernel, renormalised at the edges) agrees too.
         resized = jax.image.resize(jnp.asarray(x), (2, 5 * scale, 3), "linear")
         np.testing.assert_allclose(resized, want, atol=1e-5)
 
 
-def test_batch_norm_running_statistics_use_pytorch_momentum():
+@pytest.mark.parametrize("impl", ["flax", "cpu"])
+def test_batch_norm_running_statistics_use_pytorch_momentum(impl):
     x = jax.random.normal(jax.random.key(7), (4, 10, 3)) * 2.0 + 1.0
-    bn = models._batch_norm(True, name="bn")
+    bn = layers.batch_norm(True, impl=impl, name="bn")
     variables = bn.init(jax.random.key(0), x)
     _, updates = bn.apply(variables, x, mutable=["batch_stats"])
     flat = np.asarray(x).reshape(-1, 3)
@@ -404,12 +408,12 @@ def test_batch_norm_running_statistics_use_pytorch_momentum():
 
 def test_seq_dropout_masks_whole_positions_at_rate():
     tokens = jnp.zeros((8, 500), jnp.int8) + 2
-    layer = models.SeqDropout()
+    layer = layers.SeqDropout()
     dropped = layer.apply({}, tokens, jnp.float32(0.3), deterministic=False, rngs={"dropout": jax.random.key(0)})
     assert dropped.dtype == tokens.dtype
     assert set(np.unique(np.asarray(dropped))) == {2, tok.MASK}
     assert abs(float(jnp.mean(dropped == tok.MASK)) - 0.3) < 0.02
-    embedded = models.embed(dropped)
+    embedded = layers.embed(dropped)
     # Dropped positions are all-zero, kept ones exactly one-hot (the prototype's Dropout2d * (1 - p)).
     np.testing.assert_array_equal(embedded.sum(-1), (dropped != tok.MASK).astype(np.float32))
     same = layer.apply({}, tokens, jnp.float32(0.0), deterministic=False, rngs={"dropout": jax.random.key(0)})
@@ -419,7 +423,7 @@ def test_seq_dropout_masks_whole_positions_at_rate():
 
 def test_gaussian_noise_train_only_and_zero_std_is_identity():
     x = jnp.arange(12.0).reshape(3, 4)
-    layer = models.GaussianNoise()
+    layer = layers.GaussianNoise()
     noisy = layer.apply({}, x, jnp.float32(0.5), deterministic=False, rngs={"noise": jax.random.key(0)})
     assert not np.allclose(noisy, x)
     assert abs(float(jnp.std(noisy - x)) - 0.5) < 0.3
@@ -429,7 +433,7 @@ def test_gaussian_noise_train_only_and_zero_std_is_identity():
 
 
 def test_embedding_zeroes_n_and_mask():
-    emb = models.embed(jnp.asarray([[0, 1, 2, 3, tok.N, tok.MASK]], jnp.int8))
+    emb = layers.embed(jnp.asarray([[0, 1, 2, 3, tok.N, tok.MASK]], jnp.int8))
     np.testing.assert_array_equal(emb[0], np.vstack([np.eye(4), np.zeros((2, 4))]))
 
 
@@ -535,6 +539,17 @@ def test_create_model_unknown_name_lists_choices():
         models.create_model("unet", 64, kernel_len=3, latent_len=2)
 
 
+def test_create_model_resolves_conv_impl_and_dtype():
+    auto = models.create_model("autoencoder", 40, kernel_len=3, latent_len=2)
+    assert auto.conv_impl == ("cpu" if jax.default_backend() == "cpu" else "flax") and auto.dtype == jnp.float32
+    bf16 = models.create_model("autoencoder", 40, dtype="bfloat16", kernel_len=3, latent_len=2, conv_impl="flax")
+    assert bf16.conv_impl == "flax" and bf16.dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="model.conv_impl: unknown implementation 'cudnn'"):
+        models.create_model("autoencoder", 40, kernel_len=3, latent_len=2, conv_impl="cudnn")
+    with pytest.raises(ValueError, match="train.compute_dtype: unknown dtype 'float16'"):
+        models.create_model("autoencoder", 40, dtype="float16", kernel_len=3, latent_len=2)
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(kernel_len=9, latent_len=8, window_len=60, pool_size=2, n_conv_and_pool=3), "not divisible by pool_size"),
     (dict(kernel_len=8, latent_len=8, window_len=64), "kernel_len must be odd"),
@@ -560,10 +575,12 @@ def test_other_validation_errors():
 def test_module_fields_are_the_config_keys():
     # create_model filters by these names; they must stay the model.* config keys in interfaces.md.
     fields = lambda cls: [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")]
-    assert fields(models.Autoencoder) == ["kernel_len", "latent_len"]
+    # conv_impl is model.conv_impl too; dtype comes from train.compute_dtype (create_model's dtype=).
+    how = ["conv_impl", "dtype"]
+    assert fields(models.Autoencoder) == ["kernel_len", "latent_len"] + how
     assert fields(models.MultilayerAutoencoder) == ["kernel_len", "latent_len", "window_len", "hidden_len", "pool",
                                                     "pool_size", "n_conv_and_pool", "n_conv_before_pool",
-                                                    "n_linear", "hidden_dropout"]
+                                                    "n_linear", "hidden_dropout"] + how
     assert fields(models.DilatedAutoencoder) == ["kernel_len", "latent_len", "hidden_len", "dilations",
-                                                 "hidden_dropout", "residual"]
+                                                 "hidden_dropout", "residual"] + how
     assert all(issubclass(cls, nn.Module) for cls in models.MODELS.values())

@@ -10,30 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxseq import config as config_lib
 from jaxseq import optim
 
 
-@dataclasses.dataclass
-class OptimConfig:
-    """Stand-in for config.py's OptimConfig (same field names)."""
+def OptimConfig(**fields) -> config_lib.OptimConfig:
+    """config.py's OptimConfig (the one set of defaults) with plain SGD at 0.1 unless told otherwise."""
+    return dataclasses.replace(config_lib.OptimConfig(optimizer="sgd", learning_rate=0.1, schedule="constant"),
+                               **fields)
 
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    b1: float = 0.9
-    b2: float = 0.999
-    grad_clip_norm: float = 0.0
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    end_value: float = 0.0
-    decay_rate: float = 0.1
-    transition_steps: int = 0
-    staircase: bool = False
-    boundaries: list = dataclasses.field(default_factory=list)
-    scales: list = dataclasses.field(default_factory=list)
-    input_dropout: object = 0.0
-    latent_noise_std: object = 0.0
+
+def ModelConfig(**fields) -> config_lib.ModelConfig:
+    return config_lib.ModelConfig(**fields)
 
 
 def values(schedule, steps):
@@ -41,7 +29,7 @@ def values(schedule, steps):
 
 
 def test_constant_schedule():
-    schedule = optim.create_learning_rate_schedule({"learning_rate": 0.5}, 100)
+    schedule = optim.create_learning_rate_schedule(OptimConfig(learning_rate=0.5), 100)
     assert values(schedule, [0, 50, 1000]) == [0.5, 0.5, 0.5]
     assert schedule(3).dtype == jnp.float32
 
@@ -74,7 +62,7 @@ def test_exponential_schedule():
 
 
 def test_piecewise_schedule_scales_multiply_from_each_boundary():
-    cfg = {"learning_rate": 1.0, "schedule": "piecewise", "boundaries": [10, 20], "scales": [0.1, 0.5]}
+    cfg = OptimConfig(learning_rate=1.0, schedule="piecewise", boundaries=[10, 20], scales=[0.1, 0.5])
     schedule = optim.create_learning_rate_schedule(cfg, 100)
     np.testing.assert_allclose(values(schedule, [0, 9, 10, 19, 20, 99]), [1, 1, 0.1, 0.1, 0.05, 0.05], rtol=1e-6)
 
@@ -145,7 +133,7 @@ def test_gradient_clipping():
 
 
 def test_hparam_schedules():
-    cfg = OptimConfig(
+    cfg = ModelConfig(
         input_dropout={"schedule": "piecewise", "boundaries": [10, 20], "values": [0.0, 0.1, 0.2]},
         latent_noise_std={"schedule": "linear", "value": 1.0, "end_value": 0.0, "transition_begin": 10,
                           "transition_steps": 20},
@@ -162,39 +150,61 @@ def test_hparam_schedules():
 
 
 def test_hparam_schedule_shorthands_and_cosine():
-    schedules = optim.create_hparam_schedules({"latent_noise_std": 0.3}, 100)
+    schedules = optim.create_hparam_schedules(ModelConfig(latent_noise_std=0.3), 100)
     assert values(schedules["latent_noise_std"], [0, 99]) == pytest.approx([0.3, 0.3])
-    assert values(schedules["input_dropout"], [0, 99]) == [0.0, 0.0]  # missing -> 0
-    constant = optim.create_hparam_schedules({"input_dropout": {"schedule": "constant", "value": 0.05}}, 10)
+    assert values(schedules["input_dropout"], [0, 99]) == [0.0, 0.0]  # the default, 0
+    constant = optim.create_hparam_schedules(ModelConfig(input_dropout={"schedule": "constant", "value": 0.05}), 10)
     assert float(constant["input_dropout"](7)) == pytest.approx(0.05)
     spec = {"schedule": "cosine", "value": 0.0, "end_value": 1.0}
-    cosine = optim.create_hparam_schedules({"latent_noise_std": spec}, 100)
+    cosine = optim.create_hparam_schedules(ModelConfig(latent_noise_std=spec), 100)
     np.testing.assert_allclose(values(cosine["latent_noise_std"], [0, 25, 50, 100, 200]),
                                [0.0, 0.5 * (1 - math.cos(math.pi / 4)), 0.5, 1.0, 1.0], atol=1e-6)
 
 
-@pytest.mark.parametrize("cfg, message", [
-    ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'; choices: sgd, momentum, adam, adamw"),
+@pytest.mark.parametrize("fields, message", [
+    ({"optimizer": "rmsprop"}, "^optimizer: unknown optimizer 'rmsprop'; choices: sgd, momentum, adam, adamw$"),
+    ({"optimizer": "adamm"}, r"unknown optimizer 'adamm' \(did you mean adam"),
     ({"schedule": "linear"}, "choices: constant, cosine, warmup_cosine, exponential, piecewise"),
-    ({"learning_rate": 0.0}, "learning_rate must be > 0"),
-    ({"grad_clip_norm": -1.0}, "grad_clip_norm"),
+    ({"learning_rate": 0.0}, r"^learning_rate must be > 0, got 0$"),
+    ({"learning_rate": float("nan")}, "^learning_rate must be a finite number, got nan$"),
+    ({"learning_rate": float("inf")}, "^learning_rate must be a finite number, got inf$"),
+    ({"b1": 1.0}, r"^b1 must be in \[0, 1\), got 1$"),
+    ({"b2": float("-inf")}, "^b2 must be a finite number"),
+    ({"momentum": -0.1}, r"^momentum must be in \[0, 1\)"),
+    ({"weight_decay": -1e-4}, "^weight_decay must be >= 0"),
+    ({"grad_clip_norm": -1.0}, "^grad_clip_norm must be >= 0"),
+    ({"end_value": float("nan")}, "^end_value must be a finite number"),
+    ({"decay_rate": 0.0}, "^decay_rate must be > 0"),
+    ({"warmup_steps": 200}, r"^warmup_steps \(200\) must be smaller than the number of training steps \(100\)"),
     ({"schedule": "piecewise", "boundaries": [10, 5], "scales": [1.0, 1.0]}, "strictly increasing"),
-    ({"schedule": "piecewise", "boundaries": [10], "scales": []}, "expected 1"),
-    ({"schedule": "warmup_cosine", "warmup_steps": 200}, "must be < num_steps"),
+    ({"schedule": "piecewise", "boundaries": [10], "scales": []}, "^boundaries: .*expected 1"),
+    ({"schedule": "piecewise", "boundaries": [10], "scales": [float("inf")]}, r"^scales\[0\] must be a finite number"),
 ])
-def test_optimizer_config_errors(cfg, message):
+def test_optimizer_config_errors_name_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
-        optim.create_optimizer(cfg, 100)
+        optim.create_optimizer(OptimConfig(**fields), 100)
+    with pytest.raises(ValueError, match=message):  # the same check, without building anything
+        optim.check_optim(OptimConfig(**fields), 100)
 
 
-@pytest.mark.parametrize("cfg, message", [
+@pytest.mark.parametrize("fields, message", [
     ({"input_dropout": {"schedule": "step", "value": 0.1}}, "choices: constant, linear, cosine, piecewise"),
-    ({"input_dropout": 1.0}, r"outside \[0.0, 1.0\)"),
-    ({"latent_noise_std": -0.1}, "outside"),
-    ({"latent_noise_std": {"schedule": "linear", "value": 0.1, "end_value": -1.0}}, "outside"),
+    ({"input_dropout": 1.0}, r"^input_dropout: value must be in \[0, 1\), got 1$"),
+    ({"input_dropout": float("nan")}, "^input_dropout: value must be a finite number, got nan"),
+    ({"latent_noise_std": -0.1}, "^latent_noise_std: value must be >= 0"),
+    ({"latent_noise_std": float("inf")}, "^latent_noise_std: value must be a finite number, got inf"),
+    ({"latent_noise_std": {"schedule": "linear", "value": 0.1, "end_value": -1.0}}, "end_value must be >= 0"),
+    ({"latent_noise_std": {"schedule": "linear", "value": 0.1, "end_value": float("nan")}}, "end_value must be a finite"),
+    ({"input_dropout": {"schedule": "piecewise", "boundaries": [5], "values": [0.1, float("inf")]}},
+     r"input_dropout: values\[1\] must be a finite number"),
     ({"input_dropout": {"schedule": "piecewise", "boundaries": [5], "values": [0.1]}}, "expected 2"),
     ({"input_dropout": {"schedule": "linear"}}, "input_dropout schedule is missing 'value'"),
+    ({"input_dropout": {"schedule": "linear", "value": 0.1, "transition_step": 3}},
+     r"input_dropout: unknown schedule field 'transition_step' \(did you mean transition_steps"),
+    ({"input_dropout": "high"}, "input_dropout: expected a number or a schedule mapping"),
 ])
-def test_hparam_schedule_errors(cfg, message):
+def test_hparam_schedule_errors(fields, message):
     with pytest.raises(ValueError, match=message):
-        optim.create_hparam_schedules(cfg, 100)
+        optim.create_hparam_schedules(ModelConfig(**fields), 100)
+    with pytest.raises(ValueError, match=message):
+        optim.check_hparams(ModelConfig(**fields))

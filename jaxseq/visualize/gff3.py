@@ -266,3 +266,42 @@ def _check_bounds(annotations: Annotations) -> None:
         if f.end > lengths[f.seqid] and f.seqid not in circular:
             raise GFF3Error(f"{annotations.path}:{f.line}: end {f.end} is beyond the end of {f.seqid} "
                             f"({lengths[f.seqid]}) and the sequence is not Is_circular=true")
+
+
+def write_fasta_section(path: str | Path, out: str | Path) -> list[str]:
+    """Copies the sequence after a GFF3 file's ``##FASTA`` directive into a FASTA file.
+
+    Args:
+      path: the GFF3 file (plain or gzip).
+      out: the FASTA file to write (replaced if it exists); not written when there is no sequence.
+
+    Returns:
+      the record names written, in file order; empty if the file has no ``##FASTA`` section.
+
+    Raises:
+      GFF3Error: sequence text before any ``>`` header in the section.
+      OSError: if a file cannot be read or written.
+    """
+    path, out = Path(path), Path(out)
+    names: list[str] = []
+    writer = None
+    try:
+        with _open_text(path) as f:
+            in_fasta = False
+            for lineno, line in enumerate(f, start=1):
+                if not in_fasta:
+                    # The same rule as read_gff3: ##FASTA, or a bare '>' line, starts the sequence.
+                    in_fasta = line.startswith("##FASTA") or line.startswith(">")
+                    if not line.startswith(">"):
+                        continue
+                if line.startswith(">"):
+                    names.append(line[1:].split(maxsplit=1)[0] if line[1:].strip() else "")
+                    writer = writer or open(out, "w", encoding="utf-8")
+                elif line.strip() and writer is None:
+                    raise GFF3Error(f"{path}:{lineno}: sequence before any '>' header in the ##FASTA section")
+                if writer is not None and line.strip():  # blank lines would break a FASTA's fixed layout
+                    writer.write(line.rstrip("\r\n") + "\n")
+    finally:
+        if writer is not None:
+            writer.close()
+    return names

@@ -1,0 +1,179 @@
+"""Tests for jaxseq.audit: exact shared k-mer counts on planted repeats, both strands, N, dedup, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxseq import audit
+from jaxseq import tokens as tok
+from jaxseq.config import load_config
+from jaxseq.splits import Interval, compute_splits
+
+K = 16
+L = 64
+
+
+def _revcomp(t):
+    return (3 - t)[::-1]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """chr1 (2000 bp) and chr2 (1000 bp) of random bases with repeats planted across the split boundary."""
+    rng = np.random.default_rng(7)
+    chr1 = rng.integers(0, 4, 2000).astype(np.uint8)
+    chr2 = rng.integers(0, 4, 1000).astype(np.uint8)
+    chr1[1100:1140] = chr1[100:140]  # valid <- train, 40 bp, forward
+    chr1[1300:1340] = chr1[300:340]  # valid <- train, 40 bp with an N at 1320
+    chr1[1320] = tok.N
+    chr1[1600:1632] = _revcomp(chr1[500:532])  # test <- train, 32 bp, reverse complement
+    chr2[200:250] = chr1[700:750]  # test (other record) <- train, 50 bp
+    # The bases beside each copy differ from those beside its source, so no repeat extends by chance.
+    for dst, src in ((chr1, (1099, 99)), (chr1, (1140, 140)), (chr1, (1299, 299)), (chr1, (1340, 340)),
+                     (chr2, (199, 699)), (chr2, (250, 750))):
+        dst[src[0]] = (chr1[src[1]] + 1) % 4
+    chr1[1599], chr1[1632] = chr1[532], chr1[499]  # a base never equals its own complement
+    splits = {"train": [Interval("chr1", 0, 1000)], "valid": [Interval("chr1", 1000, 1500)],
+              "test": [Interval("chr1", 1500, 2000), Interval("chr2", 0, 1000)]}
+    return {"chr1": chr1, "chr2": chr2}, splits
+
+
+def _brute_force_marks(tokens, splits, k):
+    """Reference: k-mer starts of one side whose canonical k-mer (as a tuple) occurs on the other side."""
+    def kmers(intervals):
+        out = {}
+        for iv in intervals:
+            t = tokens[iv.record]
+            for p in range(iv.start, iv.end - k + 1):
+                w = t[p:p + k]
+                if not (w >= 4).any():
+                    out.setdefault(min(tuple(w), tuple(_revcomp(w))), []).append((iv.record, p))
+        return out
+    train, held = kmers(splits["train"]), kmers(splits["valid"] + splits["test"])
+    marks = {name: np.zeros(len(t), bool) for name, t in tokens.items()}
+    for side, other in ((train, held), (held, train)):
+        for word, places in side.items():
+            if word in other:
+                for record, p in places:
+                    marks[record][p] = True
+    return marks
+
+
+def test_canonical_kmers_match_naive_packing_for_k_1_to_32():
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 4, 80).astype(np.uint8)
+    t[40] = tok.N
+    for k in (1, 2, 3, 7, 16, 31, 32):
+        canonical, forward, valid = audit.canonical_kmers(t, k)
+        assert canonical.shape == forward.shape == valid.shape == (80 - k + 1,)
+        for p in range(80 - k + 1):
+            w = t[p:p + k].astype(np.uint64)
+            assert valid[p] == (not (w >= 4).any())
+            if valid[p]:
+                f = sum(int(b) << (2 * (k - 1 - j)) for j, b in enumerate(w))
+                r = sum(int(3 - b) << (2 * j) for j, b in enumerate(w))
+                assert int(forward[p]) == f and int(canonical[p]) == min(f, r)
+
+
+def test_planted_repeats_give_exact_counts(planted):
+    tokens, splits = planted
+    report = audit.audit_splits(tokens, splits, k=K, window_len=L, top=5)
+    valid, test = report["splits"]["valid"], report["splits"]["test"]
+    # valid: forward repeat (25 k-mers, 40 bp) + repeat broken by an N (starts 1300-1304 and 1321-1324).
+    assert (valid["windows"], valid["shared_windows"], valid["shared_kmers"]) == (7, 3, 25 + 9)
+    assert (valid["bases"], valid["shared_bases"]) == (500, 40 + 20 + 19)
+    # test: reverse-complement repeat (17 k-mers, 32 bp) + a repeat in another record (35 k-mers, 50 bp).
+    assert (test["windows"], test["shared_windows"], test["shared_kmers"]) == (7 + 15, 2, 17 + 35)
+    assert (test["bases"], test["shared_bases"]) == (1500, 32 + 50)
+    assert valid["shared_window_fraction"] == pytest.approx(3 / 7)
+    assert test["shared_base_fraction"] == pytest.approx(82 / 1500)
+    assert report["train"] == {"bases": 1000, "shared_bases": 40 + 39 + 32 + 50}
+    # Per-window fractions: valid 13/49, 5/49, 4/48 (the window with the N has 48 valid k-mers), test 13/49, 35/49.
+    assert valid["histogram"] == [4 + 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert test["histogram"] == [20, 0, 1, 0, 0, 0, 0, 1, 0, 0]
+    assert [(r["split"], r["record"], r["start"], r["end"]) for r in report["regions"]] == [
+        ("test", "chr2", 200, 250), ("valid", "chr1", 1100, 1140), ("test", "chr1", 1600, 1632),
+        ("valid", "chr1", 1300, 1320), ("valid", "chr1", 1321, 1340)]
+    where = [r["train"] for r in report["regions"]]
+    assert where[0] == {"record": "chr1", "start": 700, "end": 716, "strand": "+"}
+    assert where[2] == {"record": "chr1", "start": 516, "end": 532, "strand": "-"}
+
+
+def test_hash_passes_and_chunks_do_not_change_the_answer(planted):
+    tokens, splits = planted
+    whole = audit.audit_splits(tokens, splits, k=K, window_len=L)
+    parts = audit.audit_splits(tokens, splits, k=K, window_len=L, max_kmers_per_pass=300, chunk=97)
+    assert parts == whole
+
+
+def test_marks_equal_brute_force_on_block_splits():
+    rng = np.random.default_rng(3)
+    tokens = {"a": rng.integers(0, 4, 3000).astype(np.uint8), "b": rng.integers(0, 5, 900).astype(np.uint8)}
+    tokens["a"][2000:2300] = tokens["a"][0:300]
+    tokens["b"][100:160] = _revcomp(tokens["a"][50:110])
+    splits = compute_splits({n: len(t) for n, t in tokens.items()}, block_len=250, seed=1)
+    expected = _brute_force_marks(tokens, splits, 10)
+    marks = audit.shared_kmer_marks(tokens, splits, 10, max_kmers_per_pass=500, chunk=333)
+    for name in tokens:
+        np.testing.assert_array_equal(marks[name], expected[name])
+    assert sum(m.sum() for m in marks.values()) > 0
+
+
+@pytest.mark.parametrize("mode", ["drop_train", "drop_eval"])
+def test_subtracting_shared_intervals_leaves_nothing_shared(planted, mode):
+    tokens, splits = planted
+    shared = audit.shared_intervals(tokens, splits, K)
+    assert shared["valid"] == [Interval("chr1", 1100, 1140), Interval("chr1", 1300, 1320), Interval("chr1", 1321, 1340)]
+    deduped = audit.dedup_splits(splits, shared, mode)
+    report = audit.audit_splits(tokens, deduped, k=K, window_len=L)
+    assert [s["shared_kmers"] for s in report["splits"].values()] == [0, 0]
+    assert report["train"]["shared_bases"] == 0
+    removed = {"drop_train": ("train",), "drop_eval": ("valid", "test")}[mode]
+    for split in splits:
+        before = sum(i.end - i.start for i in splits[split])
+        after = sum(i.end - i.start for i in deduped[split])
+        assert before - after == (sum(i.end - i.start for i in shared[split]) if split in removed else 0)
+
+
+def test_subtract_intervals_cuts_exactly():
+    intervals = [Interval("a", 0, 100), Interval("b", 10, 20)]
+    remove = [Interval("a", 90, 120), Interval("a", 10, 20), Interval("a", 15, 30), Interval("b", 0, 5)]
+    assert audit.subtract_intervals(intervals, remove) == [
+        Interval("a", 0, 10), Interval("a", 30, 90), Interval("b", 10, 20)]
+    with pytest.raises(audit.AuditError, match="data.dedup"):
+        audit.dedup_splits({"train": intervals}, {}, "drop_all")
+
+
+def test_cli_prints_table_and_writes_json(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    seq = rng.integers(0, 4, 6000)
+    seq[4000:4200] = seq[0:200]
+    fasta = tmp_path / "g.fa"
+    fasta.write_text(">g\n" + "".join("ACGT"[b] for b in seq) + "\n")
+    out = tmp_path / "out" / "audit.json"
+    sets = ["--set", f"data.fasta={fasta}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", "data.block_len=500"]
+    assert audit.main(["audit", *sets, "--k", "20", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["k"] == 20 and report["window_len"] == 64
+    assert set(report["splits"]) == {"valid", "test"}
+    assert "largest shared regions" in printed and "k=20" in printed
+    # The same genome and config, audited in-process, gives the same report.
+    tokens, splits = audit.open_config_splits(load_config(None, [s for s in sets if s != "--set"]))
+    assert audit.audit_splits(tokens, splits, k=20, window_len=64) == report
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--k", "33"], "--k must be an integer in 1..32"),
+    (["--k", "65"], "--k must be"),
+    (["--set", "data.window_len=16", "--k", "20"], "longer than data.window_len=16"),
+    (["--set", "data.fasta=/nonexistent.fa"], "nonexistent.fa"),
+    (["--top", "0"], "--top must be >= 1"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
+    code = audit.main(["audit", "--set", f"data.cache_dir={tmp_path}", *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
