@@ -6,17 +6,20 @@ Examples::
     python -m jaxseq.evaluate runs/lambda --split valid --step 2000 --examples 3
     python -m jaxseq.evaluate runs/lambda --mode stochastic --repeats 5 --seed 1
     python -m jaxseq.evaluate runs/lambda --fasta ../shared/data/human_chr17_hg19_part.fa
+    python -m jaxseq.evaluate runs/lambda --bed regions.bed              # reported as bed-regions
 
 What is scored
     Every window of the split exactly once: the deterministic tiling of :func:`jaxseq.loader.eval_batches`
     with stride ``window_len`` (intervals shorter than a window give none; the last ``< window_len``
     bases of an interval are not covered). ``--fasta OTHER.fa`` scores a genome the model never saw
-    with the same rules over all its records, whole length. Positions whose true base is N are
-    excluded (and counted). The global batch is twice the training batch; the padded final batch has
-    weight 0, so every window counts once. All metrics are sums plus counts accumulated on device and
-    fetched once (or once per ``2**24`` scored positions, the range where float32 sums of counts stay
-    integer-exact; the host adds the chunks in float64), so they are exact over the split, not
-    estimates from a sample.
+    with the same rules over all its records, whole length. ``--bed REGIONS.bed`` scores the windows
+    inside those regions of the run's genome with the same rules, whatever split they lie in (regions
+    in training blocks are not held out); overlapping regions are merged, so each base counts once.
+    Positions whose true base is N are excluded (and counted). The global batch is twice the training
+    batch; the padded final batch has weight 0, so every window counts once. All metrics are sums plus
+    counts accumulated on device and fetched once (or once per ``2**24`` scored positions, the range
+    where float32 sums of counts stay integer-exact; the host adds the chunks in float64), so they are
+    exact over the split, not estimates from a sample.
 
 Modes
     ``deterministic`` (default): no input dropout, no hidden dropout, no latent noise: the model's true
@@ -38,8 +41,8 @@ Metrics
 
 Output
     A table on stdout; ``RUN_DIR/eval_<split>_<mode>_step<N>.json`` (``<split>`` is ``fasta-<stem>``
-    for ``--fasta``); the same numbers in the run's TensorBoard at step N under ``<split>/...``
-    (``test/accuracy``, ``test/loss``, ``test/bits_per_base``, ...) in deterministic mode and
+    for ``--fasta``, ``bed-<stem>`` for ``--bed``); the same numbers in the run's TensorBoard at step N
+    under ``<split>/...`` (``test/accuracy``, ``test/loss``, ``test/bits_per_base``, ...) in deterministic mode and
     ``<split>/stochastic/...`` in stochastic mode, plus text ``<split>[/stochastic]/report`` and
     ``.../examples``. Checkpoints are opened read-only and never modified.
 
@@ -64,13 +67,13 @@ import numpy as np
 from jaxseq import checkpoint, parallel, summary, trained
 from jaxseq import tokens as tok
 from jaxseq.config import ConfigError
-from jaxseq.evaluator import _BASES, MODES, SPLITS, EvaluateError, Evaluator, eval_hparams
+from jaxseq.evaluator import _BASES, MODES, SPLITS, EvaluateError, Evaluator, eval_hparams, is_bed
 
 
 def evaluate(run_dir: str | Path, *, split: str = "test", fasta: str | Path | None = None, step: int | None = None,
              mode: str = "deterministic", seed: int = 0, repeats: int = 1, examples: int = 0,
              devices: str | int | None = None, cache_dir: str | Path | None = None, write: bool = True,
-             progress: bool = False) -> dict:
+             progress: bool = False, bed: str | Path | None = None) -> dict:
     """Evaluates a run's checkpoint on a whole split (or genome); writes JSON and TensorBoard.
 
     Args:
@@ -78,6 +81,8 @@ def evaluate(run_dir: str | Path, *, split: str = "test", fasta: str | Path | No
       split: ``test``, ``valid`` or ``train`` (ignored when ``fasta`` is given).
       fasta: evaluate every window of this genome instead (split name ``fasta-<stem>``).
       step: checkpoint step (default: latest).
+      bed: evaluate the windows inside this BED file's regions of the run's genome instead, in any split
+        (split name ``bed-<stem>``; overlapping regions merged; tiled like a split).
       mode: ``deterministic`` or ``stochastic`` (see the module docstring).
       seed: stochastic mode's noise seed, and the choice of examples.
       repeats: stochastic passes to average (each folds its index into the seed).
@@ -98,10 +103,14 @@ def evaluate(run_dir: str | Path, *, split: str = "test", fasta: str | Path | No
         raise EvaluateError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     if split not in SPLITS:
         raise EvaluateError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if bed is not None and (fasta is not None or not is_bed(bed)):
+        raise EvaluateError(f"--bed {bed}: " + ("regions are of the run's genome, not with --fasta" if fasta
+                                                else "a BED file's name ends in .bed or .bed.gz"))
     with contextlib.closing(trained.open_run(run_dir, step)) as run:
         mesh = _mesh(run.config, devices)
         model = trained.restore(run, mesh)
-    report = model.evaluate(fasta if fasta is not None else split, mode, seed=seed, repeats=repeats,
+    # A .bed path takes the FASTA's place: open_evaluator scores its regions of the run's genome.
+    report = model.evaluate(bed or (fasta if fasta is not None else split), mode, seed=seed, repeats=repeats,
                             examples=examples, cache_dir=cache_dir, progress=progress)
     if write and parallel.is_main_process():
         write_report(report, run.run_dir)
@@ -218,7 +227,8 @@ def format_report(report: Mapping[str, Any], examples: bool = True) -> str:
 
 def per_base_errors(run_dir: str | Path, fasta: str | Path | None = None, step: int | None = None, *,
                     stride: int | None = None, cache_dir: str | Path | None = None, mode: str = "deterministic",
-                    seed: int = 0, devices: str | int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+                    seed: int = 0, devices: str | int | None = None, progress: bool = False,
+                    bed: str | Path | None = None) -> dict[str, np.ndarray]:
     """Per-base error rate of a run's model over a whole genome, every base scored by every window covering it.
 
     Windows tile every record with ``stride`` (default ``window_len // 4``, so each base is scored by
@@ -237,10 +247,12 @@ def per_base_errors(run_dir: str | Path, fasta: str | Path | None = None, step: 
       seed: stochastic mode's seed.
       devices: as in :func:`evaluate`.
       progress: show a progress bar.
+      bed: score only these regions (BED; of ``fasta``'s genome when given), each tiled like a record
+        (overlapping regions merged); bases outside them stay unscored.
 
     Returns:
       record name -> float32 ``(length,)``: wrong predictions / times scored; NaN where never scored
-      (N bases, records shorter than a window).
+      (N bases, records or regions shorter than a window, bases outside ``bed``).
 
     Raises:
       EvaluateError, CheckpointError, GenomeError, ...: as :func:`evaluate`, before compute.
@@ -255,7 +267,7 @@ def per_base_errors(run_dir: str | Path, fasta: str | Path | None = None, step: 
         if not 1 <= stride <= window_len:
             raise EvaluateError(f"stride must be in [1, window_len={window_len}], got {stride}")
         mesh = _mesh(run.config, devices)
-        target = _tiling(run.config, fasta, cache_dir, stride)
+        target = _tiling(run.config, fasta, cache_dir, stride, bed)
         model = trained.restore(run, mesh)
     genome = target.genome
     coverage = -(-window_len // stride) + 1
@@ -281,26 +293,30 @@ def per_base_errors(run_dir: str | Path, fasta: str | Path | None = None, step: 
                             np.float32(np.nan)).astype(np.float32) for n in genome.names}
 
 
-def _tiling(config, fasta, cache_dir, stride: int) -> Evaluator:
-    """Every record tiled at ``stride``, plus a last window flush with its end."""
-    from jaxseq.evaluator import fasta_split_name
+def _tiling(config, fasta, cache_dir, stride: int, bed=None) -> Evaluator:
+    """Every record (or merged ``bed`` region) tiled at ``stride``, plus a last window flush with its end."""
+    from jaxseq.evaluator import bed_split_name, fasta_split_name, read_bed_regions
     from jaxseq.genome import Genome, default_fasta
-    from jaxseq.splits import Interval
+    from jaxseq.splits import Interval, intersect_intervals
 
     window_len = config.data.window_len
-    fasta = Path(fasta) if fasta else (Path(config.data.fasta) if config.data.fasta else default_fasta())
-    genome = Genome.open(fasta, cache_dir=cache_dir or config.data.cache_dir or None)
+    if bed is not None:
+        genome, regions = read_bed_regions(config, bed, fasta, cache_dir)
+        fasta, name, what = genome.path, bed_split_name(bed), f"{bed}: no region (overlapping ones merged)"
+    else:
+        fasta = Path(fasta) if fasta else (Path(config.data.fasta) if config.data.fasta else default_fasta())
+        genome = Genome.open(fasta, cache_dir=cache_dir or config.data.cache_dir or None)
+        name, what = fasta_split_name(fasta), f"{fasta}: no record"
+    spans = [Interval(n, 0, genome.lengths[n]) for n in genome.names]
     intervals = []
-    for name in genome.names:
-        n = genome.lengths[name]
-        if n >= window_len:
-            intervals.append(Interval(name, 0, n))
-            if (n - window_len) % stride:
-                intervals.append(Interval(name, n - window_len, n))
+    for span in (intersect_intervals(spans, regions) if bed is not None else spans):
+        if span.end - span.start >= window_len:
+            intervals.append(span)
+            if (span.end - span.start - window_len) % stride:
+                intervals.append(Interval(span.record, span.end - window_len, span.end))
     if not intervals:
-        raise EvaluateError(f"{fasta}: no record is at least window_len={window_len} bases long")
-    return Evaluator(genome, intervals, window_len, 2 * config.train.batch_size, fasta_split_name(fasta), fasta,
-                     stride=stride)
+        raise EvaluateError(f"{what} is at least window_len={window_len} bases long")
+    return Evaluator(genome, intervals, window_len, 2 * config.train.batch_size, name, fasta, stride=stride)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--split", choices=SPLITS, default="test", help="split to evaluate (default: test)")
     what.add_argument("--fasta", help="evaluate every window of this genome instead (reported as fasta-<stem>)")
+    what.add_argument("--bed", help="evaluate only the windows inside these regions of the run's genome, in any "
+                                    "split (BED, .bed or .bed.gz; reported as bed-<stem>)")
     parser.add_argument("--mode", choices=MODES, default="deterministic",
                         help="deterministic: no dropout/noise (default); stochastic: dropout and latent noise at "
                              "the schedule values of the checkpoint's step. Batch norm: running statistics in both")
@@ -338,9 +356,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        report = evaluate(args.run_dir, split=args.split, fasta=args.fasta, step=args.step, mode=args.mode,
-                          seed=args.seed, repeats=args.repeats, examples=args.examples, devices=args.devices,
-                          cache_dir=args.cache_dir, write=not args.no_write, progress=True)
+        report = evaluate(args.run_dir, split=args.split, fasta=args.fasta, bed=args.bed, step=args.step,
+                          mode=args.mode, seed=args.seed, repeats=args.repeats, examples=args.examples,
+                          devices=args.devices, cache_dir=args.cache_dir, write=not args.no_write, progress=True)
     except (EvaluateError, ConfigError, checkpoint.CheckpointError, parallel.ParallelError, LoaderError,
             ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -430,26 +430,72 @@ def fasta_split_name(fasta: str | Path) -> str:
     return f"fasta-{name}"
 
 
+def is_bed(path: str | Path) -> bool:
+    """Whether a path names a BED file (``.bed`` or ``.bed.gz``), not a FASTA."""
+    return str(path).lower().endswith((".bed", ".bed.gz"))
+
+
+def bed_split_name(bed: str | Path) -> str:
+    """``bed-<stem>`` (``peaks.bed.gz`` -> ``bed-peaks``): the split name of a BED file's regions."""
+    name = Path(bed).name
+    for suffix in (".gz", ".bed"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+    return f"bed-{name}"
+
+
+def read_bed_regions(config: Config, bed: str | Path, fasta: str | Path | None = None,
+                     cache_dir: str | Path | None = None) -> tuple[Any, list]:
+    """The genome (``fasta``, else the run's) and a BED file's regions on it.
+
+    Record names go through the run's ``data.aliases`` when the genome is the run's own.
+
+    Returns:
+      ``(genome, regions)``: a :class:`jaxseq.genome.Genome` and :class:`jaxseq.regions.Region` s in file order.
+
+    Raises:
+      GenomeError, RegionError: a missing or invalid genome, aliases file or BED line (file and line named).
+    """
+    from jaxseq.genome import Genome, default_fasta
+    from jaxseq.regions import read_aliases, read_bed
+
+    d = config.data
+    path = Path(fasta) if fasta else (Path(d.fasta) if d.fasta else default_fasta())
+    genome = Genome.open(path, cache_dir=cache_dir or d.cache_dir or None)
+    aliases = read_aliases(d.aliases, genome.names) if d.aliases and not fasta else None
+    return genome, read_bed(bed, genome.sizes(), aliases)
+
+
 def open_evaluator(config: Config, split: str = "test", fasta: str | Path | None = None,
                    cache_dir: str | Path | None = None, *, data=None, max_windows: int = 0) -> Evaluator:
-    """The evaluator of a run's split, or of every window of another genome.
+    """The evaluator of a run's split, of every window of another genome, or of a BED file's regions.
 
     Args:
       config: the run config (window length, batch size, data settings).
       split: ``test``, ``valid`` or ``train`` (ignored with ``fasta``).
-      fasta: score every record of this genome, whole length (split name ``fasta-<stem>``).
+      fasta: score every record of this genome, whole length (split name ``fasta-<stem>``); or a BED
+        file (``.bed``/``.bed.gz``): score the windows inside its regions of the run's genome, whatever
+        split they lie in (split name ``bed-<stem>``; overlapping regions are merged, so each base is
+        scored once; tiled like a split).
       cache_dir: token cache root (default: ``data.cache_dir``).
       data: an opened :class:`jaxseq.steps.Data` to reuse (training); default: opened from ``config``.
       max_windows: see :class:`Evaluator`.
 
     Raises:
       GenomeError: ``fasta`` (or the run's genome) missing or invalid.
+      RegionError: a bad BED line.
       EvaluateError, SplitError: unknown split, or no window to score.
     """
-    from jaxseq.splits import Interval
+    from jaxseq.splits import Interval, intersect_intervals
 
     window_len, batch_size = config.data.window_len, 2 * config.train.batch_size
-    if fasta is not None:
+    if fasta is not None and is_bed(fasta):
+        genome, regions = read_bed_regions(config, fasta, None, cache_dir)
+        whole = [Interval(n, 0, genome.lengths[n]) for n in genome.names]
+        evaluator = Evaluator(genome, intersect_intervals(whole, regions), window_len, batch_size,
+                              bed_split_name(fasta), genome.path)
+        where = f"{fasta}: no region (overlapping ones merged) is at least window_len={window_len} bases long"
+    elif fasta is not None:
         from jaxseq.genome import Genome
 
         genome = Genome.open(fasta, cache_dir=cache_dir or config.data.cache_dir or None)

@@ -1,3 +1,4 @@
+import gzip
 import hashlib
 import json
 import math
@@ -361,3 +362,72 @@ def test_chunked_fetches_give_the_same_sums(run, monkeypatch):
         assert every_batch.pop(key) == pytest.approx(once.pop(key), rel=1e-6)
     every_batch.pop("unmasked"), once.pop("unmasked")
     assert json.dumps(every_batch, sort_keys=True) == json.dumps(once, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# --bed: only the windows inside a BED file's regions
+
+
+def test_bed_of_the_test_blocks_scores_exactly_the_test_split(run, tmp_path):
+    data = train.open_data(load_config(run / "config.yaml"))
+    test = data.splits["test"]
+    bed = tmp_path / "test_blocks.bed"
+    # The test intervals, with one repeated and one split in two overlapping halves: merged, counted once.
+    first = test[0]
+    lines = [f"{iv.record}\t{iv.start}\t{iv.end}" for iv in test] + [
+        f"{first.record}\t{first.start}\t{first.start + 100}", f"{first.record}\t{first.start + 50}\t{first.end}"]
+    bed.write_text("\n".join(reversed(lines)) + "\n")
+    report = evaluate.evaluate(run, bed=bed, **quiet())
+    expected = evaluate.evaluate(run, **quiet())
+    assert report["split"] == "bed-test_blocks" and report["n_intervals"] == len(test)
+    for key in ("n_windows", "n_bases", "accuracy", "confusion"):
+        assert report[key] == expected[key], key
+    assert report["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+
+
+def test_bed_cli_writes_its_split_and_rejects_bad_files(run, tmp_path, capsys):
+    chrom = train.open_data(load_config(run / "config.yaml")).genome.names[0]
+    good = tmp_path / "two.bed.gz"
+    good.write_bytes(gzip.compress(f"{chrom}\t100\t180\tA\n{chrom}\t1000\t1039\ttoo-short\n".encode()))
+    assert evaluate.main([str(run), "--bed", str(good), "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "bed-two" in out
+    report = evaluate.evaluate(run, bed=good, **quiet())
+    assert report["n_windows"] == 2 and report["n_intervals"] == 2  # 80 bases: 2 windows of 40; 39: none
+    cases = [(f"{chrom}\t5\t1\n", "bad.bed, line 1: start 5 is after end 1"),
+             ("chrZ\t0\t100\n", "bad.bed, line 1: unknown record 'chrZ'"),
+             (f"{chrom}\t0\t39\n", "bad.bed: no region (overlapping ones merged) is at least window_len=40")]
+    for text, message in cases:
+        (tmp_path / "bad.bed").write_text(text)
+        assert evaluate.main([str(run), "--bed", str(tmp_path / "bad.bed"), "--no-write"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("error: ") and message in err, err
+    with pytest.raises(evaluator.EvaluateError, match="ends in .bed or .bed.gz"):
+        evaluate.evaluate(run, bed=tmp_path / "regions.txt", **quiet())
+
+
+def test_per_base_errors_and_the_error_map_of_bed_regions_only(run, tmp_path, capsys):
+    from jaxseq.visualize.__main__ import main as visualize
+    from jaxseq.visualize.errors import MAX_REGION_PANELS, region_panels
+
+    genome = train.open_data(load_config(run / "config.yaml")).genome
+    chrom = genome.names[0]
+    bed = tmp_path / "r.bed"
+    bed.write_text(f"{chrom}\t200\t290\tfirst\n{chrom}\t5000\t5050\n")
+    rates = evaluate.per_base_errors(run, stride=20, bed=bed)[chrom]
+    inside = np.zeros(len(rates), bool)
+    inside[200:290] = inside[5000:5050] = True
+    # Every base of a region is scored (the flush window covers its tail), none outside.
+    np.testing.assert_array_equal(np.isfinite(rates), inside & (genome.tokens(chrom) < 4))
+    out = tmp_path / "regions.png"
+    assert visualize(["errors", str(run), "--bed", str(bed), "--stride", "20", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    lines = [line.split("\t") for line in out.with_suffix(".bedgraph").read_text().splitlines()[1:]]
+    assert lines and all((200 <= int(a) < int(b) <= 290) or (5000 <= int(a) < int(b) <= 5050) for _, a, b, _ in lines)
+    assert list(region_panels([(chrom, 200, 290, "first"), (chrom, 5000, 5050), (chrom, 7, 7)])) == [
+        f"first ({chrom}:201-290)", f"{chrom}:5,001-5,050"]
+    with pytest.raises(ValueError, match=f"draw 1 to {MAX_REGION_PANELS} regions"):
+        region_panels([(chrom, i, i + 1) for i in range(MAX_REGION_PANELS + 1)])
+    (tmp_path / "bad.bed").write_text(f"{chrom}\t1\n")
+    assert visualize(["errors", str(run), "--bed", str(tmp_path / "bad.bed"), "--out", str(out)]) == 1
+    assert "bad.bed, line 1: 2 column(s)" in capsys.readouterr().err

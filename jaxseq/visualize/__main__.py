@@ -6,6 +6,7 @@ Examples::
     python -m jaxseq.visualize annotations genes.gff3 --features gene,CDS [--seqid NC_011025.1] --out genes.png
     python -m jaxseq.visualize kmers genome.fa.gz --k 1..6 --out kmers.png      # or --k 4
     python -m jaxseq.visualize errors runs/lambda --fasta genome.fa --out errors.png [--bedgraph errors.bedgraph]
+    python -m jaxseq.visualize errors runs/lambda --bed regions.bed --out regions.png   # a panel per region
 
 Every subcommand takes ``--max-size PX``: the largest width/height of the PNG. Hilbert images keep an
 exact scale (stated in the title): ``N x N`` screen pixels per base when small, or one pixel per
@@ -97,10 +98,12 @@ def cmd_errors(args) -> None:
                            f"available ({e})") from None
 
     # Only the options given are passed on; the evaluator's defaults hold for the rest.
-    options = {k: v for k, v in (("step", args.step), ("stride", args.stride), ("cache_dir", args.cache_dir))
-               if v is not None}
+    options = {k: v for k, v in (("step", args.step), ("stride", args.stride), ("cache_dir", args.cache_dir),
+                                 ("bed", args.bed)) if v is not None}
+    panels = _bed_panels(args) if args.bed else None  # bad BED lines are reported before any compute
     rates = per_base_errors(args.run_dir, args.fasta, **options)  # dict record -> float array, NaN = unscored
-    rendered = render_error_map(rates, args.out, vmax=args.vmax, label=str(args.run_dir),
+    tracks = {label: rates[c][a:b] for label, (c, a, b) in panels.items()} if panels else rates
+    rendered = render_error_map(tracks, args.out, vmax=args.vmax, label=str(args.run_dir),
                                 max_size=args.max_size)
     bedgraph = Path(args.bedgraph) if args.bedgraph else Path(args.out).with_suffix(".bedgraph")
     lines = 0
@@ -109,6 +112,19 @@ def cmd_errors(args) -> None:
                                 track_name=f"reconstruction error {Path(args.run_dir).name}" if i == 0 else None)
     _report(rendered)
     print(f"wrote {bedgraph} ({lines:,} runs)")
+
+
+def _bed_panels(args) -> dict:
+    """``--bed``: a panel per region (its record's names resolved as the run resolves them)."""
+    import contextlib
+
+    from jaxseq.evaluator import read_bed_regions
+    from jaxseq.trained import open_run
+    from jaxseq.visualize.errors import region_panels
+
+    with contextlib.closing(open_run(args.run_dir, args.step)) as run:
+        _, regions = read_bed_regions(run.config, args.bed, args.fasta, args.cache_dir)
+    return region_panels(regions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("errors", help="per-base reconstruction error of a trained run (Hilbert map + bedGraph)")
     p.add_argument("run_dir", help="training run directory (config + checkpoints)")
     p.add_argument("--fasta", help="genome to evaluate (default: the run's data.fasta)")
+    p.add_argument("--bed", help="draw only these regions (BED), a panel each; the bedGraph covers them alone")
     p.add_argument("--bedgraph", help="bedGraph output (default: --out with suffix .bedgraph)")
     p.add_argument("--vmax", type=float, help="error rate at the top of the colour scale (default: max)")
     p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")

@@ -170,3 +170,33 @@ def render_error_map(error_rate: np.ndarray | Mapping[str, np.ndarray], out: str
         bar.ax.tick_params(labelsize=8)
         bar.set_label("error rate", fontsize=8)
     return images.finish(fig, out, scales, [p.box for p in panels], "mean")
+
+
+#: More regions than this make panels too small to read: draw fewer (the bedGraph holds any number).
+MAX_REGION_PANELS = 48
+
+
+def region_panels(regions) -> dict[str, tuple[str, int, int]]:
+    """Panel labels of regions: ``name (chrom:start-end)`` (1-based inclusive, as genome browsers show them).
+
+    Args:
+      regions: ``(chrom, start, end[, name])`` tuples, 0-based half-open (:class:`jaxseq.regions.Region`);
+        zero-length ones are left out, repeated ones drawn once.
+
+    Returns:
+      label -> ``(chrom, start, end)``, in the regions' order.
+
+    Raises:
+      ValueError: more than :data:`MAX_REGION_PANELS` regions to draw.
+    """
+    panels = {}
+    for region in regions:
+        chrom, start, end = region[0], int(region[1]), int(region[2])
+        if end > start:
+            where = f"{chrom}:{start + 1:,}-{end:,}"
+            name = region[3] if len(region) > 3 else ""
+            panels[f"{name} ({where})" if name else where] = (chrom, start, end)
+    if not panels or len(panels) > MAX_REGION_PANELS:
+        raise ValueError(f"{len(panels)} non-empty regions to draw; draw 1 to {MAX_REGION_PANELS} regions "
+                         "(the bedGraph of all of them: jaxseq.evaluate.per_base_errors with bed=)")
+    return panels
