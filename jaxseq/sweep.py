@@ -320,14 +320,14 @@ def check_finished(run: Run, run_dir: Path) -> bool:
                              f"{'; ...' if len(changed) > 3 else ''}): use another --out, or delete that run")
     bound = rundir.bound_data(run_dir)
     if bound is not None:
-        from jaxseq.genome import Genome, default_fasta
+        from jaxseq.genome import Genome, GenomeError, default_fasta
 
         d = run.config.data
-        genome = Genome.open(d.fasta or default_fasta(), cache_dir=d.cache_dir or None)
         try:
+            genome = Genome.open(d.fasta or default_fasta(), cache_dir=d.cache_dir or None)
             trained.check_data_binding(bound, trained.data_binding(run.config, genome.fingerprint),
                                        f"finished run {run_dir}", "use another --out to train on this data")
-        except CheckpointError as err:
+        except (CheckpointError, GenomeError) as err:
             raise SweepError(str(err)) from None
     return True
 
