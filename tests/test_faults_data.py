@@ -230,3 +230,18 @@ def test_checkpoint_of_the_previous_release_evaluates_with_a_note(run, capfd):
     assert evaluate.main([str(run), "--no-write"]) == 0
     captured = capfd.readouterr()
     assert "saved without a data fingerprint" in captured.err and "accuracy" in captured.out
+
+
+def test_sweep_rerun_over_a_finished_run_on_other_content_is_refused(base, run, tmp_path):
+    from jaxseq import sweep
+
+    fasta = tmp_path / "lambda.fa"  # the finished run's FASTA, at a path of this test's own
+    shutil.copy(base / "lambda.fa", fasta)
+    config = load_config(run / "config.yaml", [f"data.fasta={fasta}"])
+    (run / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    assert sweep.check_finished(sweep.Run("run", {}, config), run)  # same content: finished, skipped
+    bound = json.loads((run / rundir.DATA_FILE).read_text())["fingerprint"]
+    rewrite_bases(fasta)
+    with pytest.raises(sweep.SweepError, match=f"finished run {run} was trained on genome content {bound}, "
+                                               f"but the genome now has content [0-9a-f]{{40}} .*another --out"):
+        sweep.check_finished(sweep.Run("run", {}, config), run)
