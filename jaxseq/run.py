@@ -269,12 +269,23 @@ def record_resume(workdir: Path, step: int, changes: list[str], binding: dict | 
             f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step, "changes": changes}) + "\n")
 
 
-def bound_data(workdir: Path) -> dict | None:
-    """The run's ``data.json`` (see :func:`record_resume`), or None when missing or unreadable."""
+def check_bound_data(workdir: Path, config: Config, where: str, remedy: str) -> None:
+    """Refuses a run directory whose ``data.json`` names other data than ``config`` does now.
+
+    Opens the config's genome only when the run has a ``data.json`` (runs of earlier releases pass).
+
+    Raises:
+      CheckpointError: other genome content or region/alias files (both fingerprints named, then ``remedy``).
+      GenomeError: the config's FASTA cannot be read.
+    """
     try:
-        return json.loads((Path(workdir) / DATA_FILE).read_text())
+        bound = json.loads((Path(workdir) / DATA_FILE).read_text())
     except (OSError, ValueError):
-        return None
+        return
+    from jaxseq.genome import Genome, default_fasta
+
+    genome = Genome.open(config.data.fasta or default_fasta(), cache_dir=config.data.cache_dir or None)
+    trained.check_data_binding(bound, trained.data_binding(config, genome.fingerprint), where, remedy)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from jaxseq import config as config_lib
-from jaxseq import launch, summary, trained
+from jaxseq import launch, summary
 from jaxseq import run as rundir
 from jaxseq.checkpoint import CheckpointError
 from jaxseq.config import Config, ConfigError
@@ -318,17 +318,10 @@ def check_finished(run: Run, run_dir: Path) -> bool:
         if changed:
             raise SweepError(f"{run_dir} is a finished run of another config ({'; '.join(changed[:3])}"
                              f"{'; ...' if len(changed) > 3 else ''}): use another --out, or delete that run")
-    bound = rundir.bound_data(run_dir)
-    if bound is not None:
-        from jaxseq.genome import Genome, GenomeError, default_fasta
-
-        d = run.config.data
-        try:
-            genome = Genome.open(d.fasta or default_fasta(), cache_dir=d.cache_dir or None)
-            trained.check_data_binding(bound, trained.data_binding(run.config, genome.fingerprint),
-                                       f"finished run {run_dir}", "use another --out to train on this data")
-        except (CheckpointError, GenomeError) as err:
-            raise SweepError(str(err)) from None
+    try:
+        rundir.check_bound_data(run_dir, run.config, f"finished run {run_dir}", "use another --out to train on it")
+    except (CheckpointError, ValueError) as err:  # ValueError: GenomeError, the FASTA itself is bad
+        raise SweepError(str(err)) from None
     return True
 
 

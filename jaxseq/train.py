@@ -28,9 +28,14 @@ Interruptions and faults (exit codes in :func:`main`; tested in tests/test_fault
   gives the command that resumes it), and ``--resume`` alone resumes it. A finished run rerun says
   "already finished at step N" and trains nothing; one whose final evaluation was interrupted only
   evaluates. ``--resume`` without ``config.yaml`` takes the config saved in the checkpoint.
-* Resuming with changed settings: architecture keys (``config.ARCHITECTURE_KEYS``) are refused with
-  the list of changes; anything else (schedules, number of steps, ...) is allowed, printed as
-  ``key: old -> new`` and written to TensorBoard (``config/changes``).
+* Resuming with changed settings: architecture keys (``config.ARCHITECTURE_KEYS``) and the keys that
+  pick the data (``trained.DATA_KEYS``) are refused with the list of changes; anything else (schedules,
+  number of steps, ...) is allowed, printed as ``key: old -> new``, written to TensorBoard
+  (``config/changes``) and appended to ``config_history.jsonl``.
+* Damaged checkpoints (files that fail their checksums): set aside in ``checkpoints/damaged/`` and
+  training continues from the newest intact step, saying so (:func:`jaxseq.run.restore_or_init`).
+* A run is bound to its data (genome content fingerprint, region/alias file hashes; in every checkpoint's
+  meta and ``data.json``): resuming on other data is refused naming both fingerprints.
 """
 
 from __future__ import annotations
