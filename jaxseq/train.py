@@ -330,6 +330,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoin
     main = parallel.is_main_process()
     finished = _finished(config, workdir)
     if finished is not None:
+        rundir.check_bound_data(workdir, config, f"finished run {workdir}", "train on this data in a new --workdir")
         if main:
             print(f"{workdir} already finished at step {finished['step']} (final_metrics.json); nothing to do "
                   f"(raise train.num_steps to train further, or train into a new --workdir)", flush=True)

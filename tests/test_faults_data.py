@@ -245,3 +245,16 @@ def test_sweep_rerun_over_a_finished_run_on_other_content_is_refused(base, run, 
     with pytest.raises(sweep.SweepError, match=f"finished run {run} was trained on genome content {bound}, "
                                                f"but the genome now has content [0-9a-f]{{40}} .*another --out"):
         sweep.check_finished(sweep.Run("run", {}, config), run)
+
+
+def test_rerun_of_a_finished_run_on_other_content_is_refused(base, run, other_content, capfd):
+    config = load_config(run / "config.yaml")
+    shutil.copy(other_content / "lambda.fa", config.data.fasta)  # same path, other bases
+    try:
+        assert train.main(["--workdir", str(run)]) == 2
+        line = one_error_line(capfd.readouterr().err)
+        assert f"finished run {run} was trained on genome content" in line and "new --workdir" in line, line
+    finally:
+        rewrite_bases(Path(config.data.fasta))  # the swap is its own inverse: the module's genome again
+    assert train.main(["--workdir", str(run)]) == 0
+    assert "already finished at step 20" in capfd.readouterr().out
