@@ -10,8 +10,7 @@ removed when the manager is next created.
 Failures while saving (disk full, an unwritable or vanished run directory, ...) surface as
 :class:`CheckpointError` naming the step that could not be saved and the reason (``[Errno 28] No
 space left on device``), whether they happen in the call or in orbax's background thread; a failed
-save never touches the checkpoints committed before it. :func:`lock_run_directory` keeps two
-training processes from writing the same run directory.
+save never touches the checkpoints committed before it.
 
 Checkpoints are verified: once a step has committed (:func:`wait`, which every :func:`save` calls
 first, confirms orbax's rename), the size and sha256 of each of its files go to ``<step>/checksums.json``;
@@ -24,14 +23,11 @@ steps to ``checkpoints/damaged/`` (never deleting them) and restores the newest 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
-import socket
 import sys
 import time
 import weakref
@@ -85,6 +81,56 @@ def create_manager(workdir: str | Path, max_to_keep: int = 3, read_only: bool = 
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
                                                cleanup_tmp_directories=not read_only, enable_async_checkpointing=True)
         return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+def read_only_manager(workdir: str | Path) -> ocp.CheckpointManager:
+    """Opens a run's checkpoints read-only, its ``state`` item as a plain pytree, so that a subset of it
+    (params, batch statistics) can be restored with :func:`restore_subset` (evaluation, ``load_run``).
+
+    Args:
+      workdir: the run directory.
+
+    Returns:
+      An orbax ``CheckpointManager`` that never creates, deletes or cleans anything.
+    """
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "loader": ocp.JsonCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()}
+    with _quiet_orbax():  # orbax warns that a read-only manager will not save
+        options = ocp.CheckpointManagerOptions(create=False, read_only=True, cleanup_tmp_directories=False)
+        return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+def restore_subset(manager: ocp.CheckpointManager, step: int, target: dict, verified: bool) -> dict:
+    """Restores some top-level entries of a step's ``state`` (e.g. ``params`` and ``batch_stats``).
+
+    Args:
+      manager: from :func:`read_only_manager`.
+      step: a step that :func:`verify` passed (``verified``: it had a manifest) .
+      target: ``{name: pytree of jax.ShapeDtypeStruct with shardings}``, names among the state's entries.
+
+    Returns:
+      ``{name: pytree of arrays}`` for the names of ``target`` (an empty subtree is not stored: absent).
+
+    Raises:
+      CheckpointError: the stored arrays do not match ``target`` (lists what differs); a failure to read
+        (CorruptCheckpointError for a step without manifest) in one line naming the step.
+    """
+    step_dir = Path(manager.directory) / str(step)
+    with _reading(step_dir, step, verified):
+        stored = manager.item_metadata(step)["state"]
+    differences = _structure_differences({k: stored[k] for k in target if k in stored}, target)
+    if differences:
+        raise CheckpointError(f"checkpoint step {step} in {manager.directory} does not match the model: "
+                              f"{_shown(differences)}")
+    target = {k: v for k, v in target.items() if jax.tree.leaves(v)}  # orbax stores an empty subtree as nothing
+    args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    with _reading(step_dir, step, verified):
+        return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+
+
+def _shown(differences: list[str]) -> str:
+    return "; ".join(differences[:6]) + (f"; ... ({len(differences)} in all)" if len(differences) > 6 else "")
 
 
 @contextlib.contextmanager
@@ -283,8 +329,8 @@ def _restore_checked(manager: ocp.CheckpointManager, step: int, abstract_state: 
         stored = manager.item_metadata(step)["state"]
     differences = _structure_differences(stored, target)
     if differences:
-        shown = "; ".join(differences[:6]) + (f"; ... ({len(differences)} in all)" if len(differences) > 6 else "")
-        raise CheckpointError(f"checkpoint step {step} in {manager.directory} does not match the model: {shown}")
+        raise CheckpointError(f"checkpoint step {step} in {manager.directory} does not match the model: "
+                              f"{_shown(differences)}")
     with _reading(step_dir, step, verified):
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), loader=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
@@ -521,79 +567,3 @@ def _structure_differences(stored: Any, target: Any) -> list[str]:
             if shape != tuple(want[key].shape):
                 out.append(f"{key} shape {shape} vs model {tuple(want[key].shape)}")
     return out
-
-
-LOCK_FILE = ".lock"
-
-
-class RunDirectoryLock:
-    """An exclusive ``flock`` on ``<run directory>/.lock``, held until :meth:`release` or process exit.
-
-    The kernel drops a ``flock`` when its holder dies (even by SIGKILL), so a crashed run never
-    leaves a stale lock behind: there is nothing to break by hand. The file itself stays (it only
-    records who holds the lock) and is harmless.
-    """
-
-    def __init__(self, path: Path, fd: int | None):
-        self.path = path
-        self._fd = fd
-
-    def release(self) -> None:
-        """Unlocks (safe to call twice)."""
-        if self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._fd)
-                self._fd = None
-
-    def __enter__(self) -> "RunDirectoryLock":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()
-
-
-def lock_run_directory(workdir: str | Path) -> RunDirectoryLock:
-    """Takes the run directory's lock so that no second process trains into it at the same time.
-
-    Args:
-      workdir: an existing run directory.
-
-    Returns:
-      The held lock; call ``release()`` when done (exiting the process also releases it).
-
-    Raises:
-      CheckpointError: another live process holds the lock (the message names its pid and host), or
-        the run directory is not writable.
-    """
-    path = Path(workdir).absolute() / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise CheckpointError(f"cannot write to run directory {path.parent}: {describe_os_error(err)}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            # No flock on this file system (some network mounts): run unlocked rather than not at all.
-            os.close(fd)
-            logging.getLogger(__name__).warning(
-                "cannot lock %s (%s): make sure no other process trains into this run directory",
-                path, describe_os_error(err))
-            return RunDirectoryLock(path, None)
-        try:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-        except OSError:
-            holder = "another process"
-        os.close(fd)
-        raise CheckpointError(f"run directory {path.parent} is in use by {holder} (it holds {path}); wait for "
-                              f"it to finish or stop it, or train into another --workdir") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                  .encode(), 0)
-    except OSError as err:
-        os.close(fd)
-        raise CheckpointError(f"cannot write to run directory {path.parent}: {describe_os_error(err)}") from None
-    return RunDirectoryLock(path, fd)

@@ -48,7 +48,10 @@ Output
 
 Errors (bad run directory, no checkpoint, unknown ``--step``, a config that no longer matches the
 checkpoint's architecture, a missing or invalid ``--fasta``, a split without windows) are one line on
-stderr with exit status 2, before any compute.
+stderr with exit status 2, before any compute. So are a checkpoint step whose files fail their checksums
+(the line names the step, the file, what failed and the intact steps to pass as ``--step N``) and a
+``--split`` of a genome whose content (or region/alias files) differs from the one the run was trained
+on (both fingerprints named; ``--fasta OTHER`` scores another genome on purpose).
 """
 
 from __future__ import annotations
@@ -109,6 +112,9 @@ def evaluate(run_dir: str | Path, *, split: str = "test", fasta: str | Path | No
     with contextlib.closing(trained.open_run(run_dir, step)) as run:
         mesh = _mesh(run.config, devices)
         model = trained.restore(run, mesh)
+    if run.data is None and fasta is None and parallel.is_main_process():
+        print(f"note: checkpoint step {run.step} of {run.run_dir} was saved without a data fingerprint (earlier "
+              f"release): the genome cannot be checked against the one it was trained on", file=sys.stderr)
     # A .bed path takes the FASTA's place: open_evaluator scores its regions of the run's genome.
     report = model.evaluate(bed or (fasta if fasta is not None else split), mode, seed=seed, repeats=repeats,
                             examples=examples, cache_dir=cache_dir, progress=progress)

@@ -9,17 +9,21 @@ says how to resume it), and ``--resume`` alone resumes it.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
 import re
 import shlex
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from jaxseq import checkpoint, steps
+from jaxseq import checkpoint, steps, trained
 from jaxseq import config as config_lib
 from jaxseq.config import Config, ConfigError
 
@@ -140,11 +144,23 @@ def choose_workdir(workdir: str | None, resume: bool, root: Path = RUNS_ROOT) ->
                  f"starting a new run in {new.absolute()}")
 
 
+def _config_from_checkpoint(workdir: Path, found: list[int]) -> Config | None:
+    """The config saved in the newest checkpoint whose metadata is intact (None if none is)."""
+    manager = checkpoint.create_manager(workdir, read_only=True)
+    try:
+        for step in reversed(found):
+            with contextlib.suppress(checkpoint.CorruptCheckpointError):
+                return config_lib.from_dict(checkpoint.read_meta(manager, step).get("config") or {})
+    finally:
+        manager.close()
+    return None
+
+
 def resolve_config(config_path: str | None, overrides: Sequence[str], workdir: Path, resume: bool) -> Config:
     """The run's config: ``--config`` (or the defaults), else the run directory's own, plus ``--set`` overrides.
 
     An existing run's base is its ``config.yaml``, or without that file the config saved in its newest
-    checkpoint.
+    checkpoint with intact metadata. Every setting is validated here, before anything is written.
 
     Raises:
       ConfigError: a bad setting; CheckpointError: ``--resume`` and nothing to resume.
@@ -153,13 +169,8 @@ def resolve_config(config_path: str | None, overrides: Sequence[str], workdir: P
     if config_path is None and saved.is_file():
         return config_lib.load_config(saved, overrides)
     found = checkpoint.committed_steps(workdir)
-    if config_path is None and found:
-        manager = checkpoint.create_manager(workdir, read_only=True)
-        try:
-            meta = checkpoint.read_meta(manager, found[-1])
-        finally:
-            manager.close()
-        config = config_lib.from_dict(meta.get("config") or {})
+    config = _config_from_checkpoint(workdir, found) if config_path is None and found else None
+    if config is not None:
         for text in overrides:
             key, value = config_lib.parse_override(text)
             group, _, name = key.partition(".")
@@ -167,41 +178,196 @@ def resolve_config(config_path: str | None, overrides: Sequence[str], workdir: P
         config_lib.validate(config)
         return config
     if resume:
-        raise checkpoint.CheckpointError(f"--resume: {workdir} has no config.yaml or checkpoint to resume")
+        raise checkpoint.CheckpointError(f"--resume: {workdir} has no config.yaml and no checkpoint with intact "
+                                         f"metadata to resume")
     return config_lib.load_config(config_path, overrides)
 
 
-def changed_settings(old: Config, new: Config) -> list[str]:
-    """``"group.key: old -> new"`` for every setting that differs."""
-    a, b = old.to_dict(), new.to_dict()
-    return [f"{group}.{key}: {a[group][key]!r} -> {b[group][key]!r}"
-            for group in b for key in b[group] if a.get(group, {}).get(key) != b[group][key]]
+# ----------------------------------------------------------------------------------------------
+# Resume decisions: the model and the data must stay those of the checkpoint
+
+DATA_FILE = "data.json"
+HISTORY_FILE = "config_history.jsonl"
 
 
-def restore_or_init(config: Config, workdir: Path, mesh, manager, require_checkpoint: bool):
-    """The latest checkpoint's state, or a fresh one.
+def _check_resumable(workdir: Path, config: Config, binding: dict | None, step: int, meta: dict,
+                     log) -> None:
+    """Refuses a checkpoint of another model or other data (ConfigError / CheckpointError, one line)."""
+    saved = config_lib.from_dict(meta.get("config") or {})
+    where = f"cannot resume {workdir} (checkpoint step {step})"
+    changed = config_lib.architecture_changes(saved, config)
+    if changed:
+        raise ConfigError(f"{where}: settings that define the model changed: {'; '.join(changed)}; "
+                          f"undo them or train into a new --workdir")
+    changed = config_lib.differences(saved, config, trained.DATA_KEYS)
+    if changed:
+        raise ConfigError(f"{where}: settings that define the training data changed: {'; '.join(changed)}; "
+                          f"undo them or train into a new --workdir")
+    if binding is None:
+        return
+    if not meta.get("data"):
+        log(f"note: checkpoint step {step} in {workdir} was saved without a data fingerprint (earlier release): "
+            f"its data cannot be checked; binding the run to genome content {binding['fingerprint']} from now on")
+    trained.check_data_binding(meta.get("data"), binding, where,
+                               "undo the change, or train on this data in a new --workdir")
+
+
+def restore_or_init(config: Config, workdir: Path, mesh, manager, require_checkpoint: bool,
+                    binding: dict | None = None, log=print):
+    """The newest intact checkpoint's state, or a fresh one.
+
+    Damaged steps (files that fail their checksums or cannot be read) are moved to
+    ``checkpoints/damaged/`` with one line each on ``log``, and training continues from the newest
+    intact step (also said on ``log``).
+
+    Args:
+      config: the run's validated config.
+      workdir: the run directory.
+      mesh: device mesh of the state.
+      manager: from :func:`jaxseq.checkpoint.create_manager` (writable: damaged steps are moved).
+      require_checkpoint: ``--resume``: fail if there is nothing to resume.
+      binding: :func:`jaxseq.trained.data_binding` of the data about to be trained on; None: not checked.
+      log: receives the lines about damaged steps and earlier-release checkpoints.
 
     Returns:
       ``(state, loader_state, meta, changes)``; ``loader_state``/``meta`` are None for a fresh state,
       ``changes`` lists the settings (none of them architectural) that differ from the checkpoint's.
 
     Raises:
-      CheckpointError: ``require_checkpoint`` and nothing to resume; ConfigError: the model changed.
+      CheckpointError: ``require_checkpoint`` and nothing to resume, every step damaged, or other data
+        (both fingerprints named); ConfigError: the model or the data settings changed.
     """
-    step = checkpoint.latest_step(manager)
-    if step is None:
-        if require_checkpoint:
-            raise checkpoint.CheckpointError(f"--resume: no checkpoint to resume in {checkpoint.checkpoint_dir(workdir)}")
-        return steps.create_train_state(config, mesh), None, None, []
-    # Compare configs before touching arrays: the message then names the setting, not a tensor shape.
-    saved = config_lib.from_dict(checkpoint.read_meta(manager, step)["config"])
-    changed = config_lib.architecture_changes(saved, config)
-    if changed:
-        raise ConfigError(f"cannot resume {workdir} (checkpoint step {step}): settings that define the model "
-                          f"changed: {'; '.join(changed)}; undo them or train into a new --workdir")
-    state, loader_state, meta = checkpoint.restore(manager, step, steps.create_train_state(config, mesh))
-    return state, loader_state, meta, changed_settings(saved, config)
+    fresh = steps.create_train_state(config, mesh)
+    damaged = []
 
+    def on_damaged(line: str) -> None:
+        damaged.append(line)
+        log(line)
+
+    found = checkpoint.restore_latest_intact(
+        manager, fresh, log=on_damaged,
+        check_meta=lambda step, meta: _check_resumable(workdir, config, binding, step, meta, log))
+    if found is None:
+        if require_checkpoint:
+            raise checkpoint.CheckpointError(f"--resume: no checkpoint to resume in "
+                                             f"{checkpoint.checkpoint_dir(workdir)}")
+        return fresh, None, None, []
+    step, state, loader_state, meta = found
+    if damaged:
+        log(f"continuing from checkpoint step {step}, the newest intact one")
+    saved = config_lib.from_dict(meta["config"])
+    return state, loader_state, meta, config_lib.differences(saved, config)
+
+
+def record_resume(workdir: Path, step: int, changes: list[str], binding: dict | None) -> None:
+    """Writes ``data.json`` (what the run is bound to) and appends accepted setting changes to
+    ``config_history.jsonl`` (one JSON object per resume: ``time``, ``step``, ``changes``)."""
+    if binding is not None:
+        write_json(workdir / DATA_FILE, binding)
+    if changes:
+        with open(workdir / HISTORY_FILE, "a") as f:
+            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step, "changes": changes}) + "\n")
+
+
+def check_bound_data(workdir: Path, config: Config, where: str, remedy: str) -> None:
+    """Refuses a run directory whose ``data.json`` names other data than ``config`` does now.
+
+    Opens the config's genome only when the run has a ``data.json`` (runs of earlier releases pass).
+
+    Raises:
+      CheckpointError: other genome content or region/alias files (both fingerprints named, then ``remedy``).
+      GenomeError: the config's FASTA cannot be read.
+    """
+    try:
+        bound = json.loads((Path(workdir) / DATA_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    from jaxseq.genome import Genome, default_fasta
+
+    genome = Genome.open(config.data.fasta or default_fasta(), cache_dir=config.data.cache_dir or None)
+    trained.check_data_binding(bound, trained.data_binding(config, genome.fingerprint), where, remedy)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lock
+
+
+LOCK_FILE = ".lock"
+
+
+class RunDirectoryLock:
+    """An exclusive ``flock`` on ``<run directory>/.lock``, held until :meth:`release` or process exit.
+
+    The kernel drops a ``flock`` when its holder dies (even by SIGKILL), so a crashed run never
+    leaves a stale lock behind: there is nothing to break by hand. The file itself stays (it only
+    records who holds the lock) and is harmless.
+    """
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path = path
+        self._fd = fd
+
+    def release(self) -> None:
+        """Unlocks (safe to call twice)."""
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> "RunDirectoryLock":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def lock_run_directory(workdir: str | Path) -> RunDirectoryLock:
+    """Takes the run directory's lock so that no second process trains into it at the same time.
+
+    Args:
+      workdir: an existing run directory.
+
+    Returns:
+      The held lock; call ``release()`` when done (exiting the process also releases it).
+
+    Raises:
+      CheckpointError: another live process holds the lock (the message names its pid and host), or
+        the run directory is not writable.
+    """
+    path = Path(workdir).absolute() / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise checkpoint.CheckpointError(f"cannot write to run directory {path.parent}: "
+                                         f"{checkpoint.describe_os_error(err)}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            # No flock on this file system (some network mounts): run unlocked rather than not at all.
+            os.close(fd)
+            logging.getLogger(__name__).warning(
+                "cannot lock %s (%s): make sure no other process trains into this run directory",
+                path, checkpoint.describe_os_error(err))
+            return RunDirectoryLock(path, None)
+        try:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        except OSError:
+            holder = "another process"
+        os.close(fd)
+        raise checkpoint.CheckpointError(f"run directory {path.parent} is in use by {holder} (it holds {path}); "
+                                         f"wait for it to finish or stop it, or train into another --workdir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                  .encode(), 0)
+    except OSError as err:
+        os.close(fd)
+        raise checkpoint.CheckpointError(f"cannot write to run directory {path.parent}: "
+                                         f"{checkpoint.describe_os_error(err)}") from None
+    return RunDirectoryLock(path, fd)
 
 
 # ----------------------------------------------------------------------------------------------

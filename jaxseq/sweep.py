@@ -68,6 +68,8 @@ import yaml
 
 from jaxseq import config as config_lib
 from jaxseq import launch, summary
+from jaxseq import run as rundir
+from jaxseq.checkpoint import CheckpointError
 from jaxseq.config import Config, ConfigError
 from jaxseq.train import TrainingInterrupted
 
@@ -299,27 +301,27 @@ NOT_RESULT_KEYS = frozenset({"data.cache_dir", "data.prefetch", "train.log_every
                              "train.histogram_every", "train.checkpoint_every", "train.max_to_keep"})
 
 
-def _config_differences(a: Config, b: Config) -> list[str]:
-    da, db = a.to_dict(), b.to_dict()
-    return [f"{g}.{k}: {da[g][k]!r} -> {db[g][k]!r}" for g in da for k in da[g]
-            if da[g][k] != db[g][k] and f"{g}.{k}" not in NOT_RESULT_KEYS]
-
-
 def check_finished(run: Run, run_dir: Path) -> bool:
-    """True if ``run_dir`` holds a finished run of ``run.config`` (up to :data:`NOT_RESULT_KEYS`).
+    """True if ``run_dir`` holds a finished run of ``run.config`` (up to :data:`NOT_RESULT_KEYS`) on the same data.
 
     Raises:
-      SweepError: the finished run was trained with another config.
+      SweepError: the finished run was trained with another config, or on other genome content or other
+        region files than the config now names (both fingerprints named).
     """
     if not (run_dir / "final_metrics.json").is_file():
         return False
     saved_path = run_dir / "config.yaml"
     if saved_path.is_file():
         saved = config_lib.from_dict(yaml.safe_load(saved_path.read_text()))
-        changed = _config_differences(saved, run.config)
+        changed = config_lib.differences(saved, run.config,
+                                         [k for k in config_lib.setting_keys() if k not in NOT_RESULT_KEYS])
         if changed:
             raise SweepError(f"{run_dir} is a finished run of another config ({'; '.join(changed[:3])}"
                              f"{'; ...' if len(changed) > 3 else ''}): use another --out, or delete that run")
+    try:
+        rundir.check_bound_data(run_dir, run.config, f"finished run {run_dir}", "use another --out to train on it")
+    except (CheckpointError, ValueError) as err:  # ValueError: GenomeError, the FASTA itself is bad
+        raise SweepError(str(err)) from None
     return True
 
 

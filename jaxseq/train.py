@@ -28,9 +28,14 @@ Interruptions and faults (exit codes in :func:`main`; tested in tests/test_fault
   gives the command that resumes it), and ``--resume`` alone resumes it. A finished run rerun says
   "already finished at step N" and trains nothing; one whose final evaluation was interrupted only
   evaluates. ``--resume`` without ``config.yaml`` takes the config saved in the checkpoint.
-* Resuming with changed settings: architecture keys (``config.ARCHITECTURE_KEYS``) are refused with
-  the list of changes; anything else (schedules, number of steps, ...) is allowed, printed as
-  ``key: old -> new`` and written to TensorBoard (``config/changes``).
+* Resuming with changed settings: architecture keys (``config.ARCHITECTURE_KEYS``) and the keys that
+  pick the data (``trained.DATA_KEYS``) are refused with the list of changes; anything else (schedules,
+  number of steps, ...) is allowed, printed as ``key: old -> new``, written to TensorBoard
+  (``config/changes``) and appended to ``config_history.jsonl``.
+* Damaged checkpoints (files that fail their checksums): set aside in ``checkpoints/damaged/`` and
+  training continues from the newest intact step, saying so (:func:`jaxseq.run.restore_or_init`).
+* A run is bound to its data (genome content fingerprint, region/alias file hashes; in every checkpoint's
+  meta and ``data.json``): resuming on other data is refused naming both fingerprints.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from jaxseq import checkpoint, evaluator, parallel, steps, summary
+from jaxseq import checkpoint, evaluator, parallel, steps, summary, trained
 from jaxseq import config as config_lib
 from jaxseq import run as rundir
 from jaxseq.config import Config, ConfigError
@@ -79,6 +84,7 @@ class _Loop:
         self.bar, self.compiled = None, False
         self.log_time, self.log_step = time.perf_counter(), self.step
         self.valid = evaluator.open_evaluator(config, "valid", data=data, max_windows=self.t.eval_max_windows)
+        self.binding = trained.data_binding(config, data.genome.fingerprint)  # saved with every checkpoint
 
     def due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
@@ -116,7 +122,8 @@ class _Loop:
         self.check_finite()  # never save a state whose steps were not checked
         checkpoint.save(self.manager, self.step, self.state, self.loader.state_dict(),
                         {"config": self.config.to_dict(), "step": self.step, "time": time.time(),
-                         "skipped_nonfinite": self.skipped_total, "windows_per_sec": self.windows_per_sec})
+                         "skipped_nonfinite": self.skipped_total, "windows_per_sec": self.windows_per_sec,
+                         "data": self.binding})
         self.saved_step = self.step
 
     def call(self) -> dict:
@@ -273,22 +280,27 @@ def _finished(config: Config, workdir: Path) -> dict | None:
         saved = config_lib.load_config(workdir / "config.yaml")
     except ConfigError:
         return None
-    return None if rundir.changed_settings(saved, config) else final
+    return None if config_lib.differences(saved, config) else final
 
 
-def _open_run_directory(cleanup: contextlib.ExitStack, config: Config, workdir: Path, mesh, require_checkpoint: bool):
-    """Creates and locks the run directory, restores or initialises the state, writes config.yaml."""
+def _open_run_directory(cleanup: contextlib.ExitStack, config: Config, workdir: Path, mesh, require_checkpoint: bool,
+                        data):
+    """Creates and locks the run directory, restores (the newest intact step, of this model and data) or
+    initialises the state."""
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunDirectoryError(f"cannot create run directory {workdir}: "
                                 f"{checkpoint.describe_os_error(err)}") from None
     if parallel.is_main_process():
-        cleanup.enter_context(checkpoint.lock_run_directory(workdir))
+        cleanup.enter_context(rundir.lock_run_directory(workdir))
     manager = checkpoint.create_manager(workdir, config.train.max_to_keep)
     cleanup.callback(rundir.close_quietly, manager)
-    state, loader_state, meta, changes = rundir.restore_or_init(config, workdir, mesh, manager, require_checkpoint)
-    return manager, state, loader_state, meta, changes
+    binding = trained.data_binding(config, data.genome.fingerprint)
+    log = print if parallel.is_main_process() else (lambda line: None)
+    state, loader_state, meta, changes = rundir.restore_or_init(config, workdir, mesh, manager, require_checkpoint,
+                                                                binding=binding, log=log)
+    return manager, state, loader_state, meta, changes, binding
 
 
 def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoint: bool = False) -> dict:
@@ -318,6 +330,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoin
     main = parallel.is_main_process()
     finished = _finished(config, workdir)
     if finished is not None:
+        rundir.check_bound_data(workdir, config, f"finished run {workdir}", "train on this data in a new --workdir")
         if main:
             print(f"{workdir} already finished at step {finished['step']} (final_metrics.json); nothing to do "
                   f"(raise train.num_steps to train further, or train into a new --workdir)", flush=True)
@@ -326,8 +339,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoin
     with contextlib.ExitStack() as cleanup:  # unwinds in reverse: writer, manager, lock, signals, loader
         cleanup.callback(loader.close)
         stop = cleanup.enter_context(rundir.StopSignals())
-        manager, state, loader_state, meta, changes = _open_run_directory(cleanup, config, workdir, mesh,
-                                                                          require_checkpoint)
+        manager, state, loader_state, meta, changes, binding = _open_run_directory(cleanup, config, workdir, mesh,
+                                                                                   require_checkpoint, data)
         start_step = int(state.step)
         if loader_state is not None:
             try:
@@ -336,8 +349,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoin
                 raise ConfigError(f"cannot resume {workdir} (checkpoint step {start_step}): its training data "
                                   f"differs ({'; '.join(changes) or 'same settings: the FASTA content changed'}): "
                                   f"{err}") from None
-        if main:
+        if main:  # only now: the settings are validated and the checkpoint accepted them
             config_lib.save_config(config, workdir / "config.yaml")
+            rundir.record_resume(workdir, start_step, changes, binding)
         writer = summary.create_writer(workdir, enabled=main)
         cleanup.callback(summary.close_writer, writer)
         if start_step == 0 and main:

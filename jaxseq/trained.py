@@ -18,13 +18,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import logging
+import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jaxseq import checkpoint, evaluator, parallel, steps
 from jaxseq import config as config_lib
@@ -46,23 +45,11 @@ class Run:
     step: int
     steps: list[int]
     manager: Any  # orbax CheckpointManager, read-only
+    verified: bool = False  # the step was checked against its checksums (False: saved without them)
+    data: dict | None = None  # the data the run is bound to (jaxseq.run.data_binding); None: earlier release
 
     def close(self) -> None:
         self.manager.close()
-
-
-def _read_only_manager(run_dir: Path) -> ocp.CheckpointManager:
-    # The state item is read as a plain pytree so a subset of it (params, batch_stats) can be restored.
-    options = ocp.CheckpointManagerOptions(create=False, read_only=True, cleanup_tmp_directories=False)
-    handlers = {"state": ocp.PyTreeCheckpointHandler(), "loader": ocp.JsonCheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler()}
-    absl_logger = logging.getLogger("absl")  # orbax warns that a read-only manager will not save
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        return ocp.CheckpointManager(checkpoint.checkpoint_dir(run_dir), options=options, item_handlers=handlers)
-    finally:
-        absl_logger.setLevel(level)
 
 
 def _resolve_config(run_dir: Path, step: int, meta: dict) -> tuple[Config, str]:
@@ -93,8 +80,9 @@ def open_run(run_dir: str | Path, step: int | None = None) -> Run:
       step: checkpoint step; None for the latest.
 
     Raises:
-      EvaluateError: no such directory, no checkpoints, no such step (lists the available ones), or
-        a config whose model differs from the checkpoint's (names the settings).
+      EvaluateError: no such directory, no checkpoints, no such step (lists the available ones), a
+        config whose model differs from the checkpoint's (names the settings), or a step whose files
+        fail verification against their checksums (names step, file, what failed and the intact steps).
     """
     run_dir = Path(run_dir).absolute()
     if not run_dir.is_dir():
@@ -102,7 +90,7 @@ def open_run(run_dir: str | Path, step: int | None = None) -> Run:
     ckpt_dir = checkpoint.checkpoint_dir(run_dir)
     if not ckpt_dir.is_dir():
         raise EvaluateError(f"no checkpoints in {run_dir} ({ckpt_dir} does not exist): train first")
-    manager = _read_only_manager(run_dir)
+    manager = checkpoint.read_only_manager(run_dir)
     try:
         available = sorted(manager.all_steps())
         if not available:
@@ -112,12 +100,24 @@ def open_run(run_dir: str | Path, step: int | None = None) -> Run:
         elif step not in available:
             raise EvaluateError(f"--step {step}: no checkpoint at step {step} in {ckpt_dir}; "
                                 f"available: {', '.join(map(str, available))}")
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        verified = checkpoint.verify(run_dir, step)
+        meta = checkpoint.read_meta(manager, step)
         config, source = _resolve_config(run_dir, step, meta)
+    except checkpoint.CorruptCheckpointError as err:
+        manager.close()
+        raise EvaluateError(f"{err}; {_intact_text(run_dir)}") from None
     except BaseException:
         manager.close()
         raise
-    return Run(run_dir=run_dir, config=config, config_source=source, step=int(step), steps=available, manager=manager)
+    return Run(run_dir=run_dir, config=config, config_source=source, step=int(step), steps=available, manager=manager,
+               verified=verified, data=meta.get("data"))
+
+
+def _intact_text(run_dir: Path) -> str:
+    intact = checkpoint.intact_steps(run_dir)
+    if not intact:
+        return f"no intact checkpoint in {checkpoint.checkpoint_dir(run_dir)}"
+    return f"intact steps: {', '.join(map(str, intact))} (use --step N)"
 
 
 def restore_variables(run: Run, config: Config | None = None, mesh=None) -> dict:
@@ -136,18 +136,7 @@ def restore_variables(run: Run, config: Config | None = None, mesh=None) -> dict
     sharding = (parallel.replicated(mesh) if mesh is not None
                 else jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
-    stored = run.manager.item_metadata(run.step)["state"]
-    stored = {k: stored[k] for k in target if k in stored}
-    differences = checkpoint._structure_differences(stored, target)
-    if differences:
-        shown = "; ".join(differences[:6]) + (f"; ... ({len(differences)} in all)" if len(differences) > 6 else "")
-        raise checkpoint.CheckpointError(f"checkpoint step {run.step} in {run.manager.directory} does not match "
-                                         f"the model: {shown}")
-    if not jax.tree.leaves(target["batch_stats"]):
-        target = {"params": target["params"]}  # orbax stores an empty subtree as nothing to restore
-    args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=True)
-    restored = run.manager.restore(run.step, args=ocp.args.Composite(state=args))["state"]
+    restored = checkpoint.restore_subset(run.manager, run.step, target, run.verified)
     return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
 
 
@@ -163,7 +152,8 @@ def load_run(run_dir: str | Path, step: int | None = None, *, mesh=None) -> "Tra
       A :class:`TrainedModel`.
 
     Raises:
-      EvaluateError: no such run, no checkpoint, no such step, or config.yaml describes another model.
+      EvaluateError: no such run, no checkpoint, no such step, config.yaml describes another model, or the
+        step is damaged (names the file, what failed and the intact steps).
       CheckpointError: the stored arrays do not match the model.
     """
     with contextlib.closing(open_run(run_dir, step)) as run:
@@ -173,7 +163,68 @@ def load_run(run_dir: str | Path, step: int | None = None, *, mesh=None) -> "Tra
 def restore(run: Run, mesh=None) -> "TrainedModel":
     """The :class:`TrainedModel` of an opened run's step (see :func:`load_run`)."""
     return TrainedModel(run.config, restore_variables(run, mesh=mesh), step=run.step, run_dir=run.run_dir,
-                        config_source=run.config_source, mesh=mesh)
+                        config_source=run.config_source, mesh=mesh, data=run.data)
+
+
+# ----------------------------------------------------------------------------------------------
+# The data a run is bound to
+
+#: Settings that pick the training data: a resumed run must keep them (like the architecture).
+DATA_KEYS = ("data.records", "data.regions", "data.exclude", "data.aliases")
+#: Of those, the ones naming a file whose content is bound too (an edited BED file at the same path).
+DATA_FILE_KEYS = ("data.regions", "data.exclude", "data.aliases")
+
+
+def _file_sha256(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return "unreadable"  # the data opener reports the file itself
+
+
+def data_binding(config: Config, fingerprint: str) -> dict:
+    """What a run is bound to: the genome's content and the content of its region and alias files.
+
+    Args:
+      config: the run's config (``data.regions``, ``data.exclude``, ``data.aliases`` name the files).
+      fingerprint: :attr:`jaxseq.genome.Genome.fingerprint` of the genome it trains on.
+
+    Returns:
+      ``{"fingerprint": str, "files": {"data.regions": sha256 hex or "", ...}}`` (JSON), stored in every
+      checkpoint's meta and in ``RUN_DIR/data.json``.
+    """
+    files = {}
+    for key in DATA_FILE_KEYS:
+        path = getattr(config.data, key.split(".")[1])
+        files[key] = _file_sha256(path) if path else ""
+    return {"fingerprint": fingerprint, "files": files}
+
+
+def check_data_binding(bound: dict | None, current: dict, where: str, remedy: str) -> None:
+    """Refuses data other than what a run was trained on.
+
+    Args:
+      bound: the run's :func:`data_binding` (None: saved by a release without it, accepted).
+      current: the binding of the data about to be used.
+      where: names the run and step, e.g. ``"run runs/x (checkpoint step 20)"``.
+      remedy: what to do instead, appended to the message.
+
+    Raises:
+      CheckpointError: one line naming both fingerprints (or the changed file and both hashes).
+    """
+    if not bound:
+        return
+    if bound.get("fingerprint") != current["fingerprint"]:
+        raise checkpoint.CheckpointError(
+            f"{where} was trained on genome content {bound.get('fingerprint')}, but the genome now has content "
+            f"{current['fingerprint']} (different bases); {remedy}")
+    for key, digest in (bound.get("files") or {}).items():
+        now = current["files"].get(key, "")
+        if digest and now and digest != now:
+            raise checkpoint.CheckpointError(
+                f"{where} was trained with another {key} file: its sha256 was {digest[:16]}..., it is now "
+                f"{now[:16]}... (the file was edited); {remedy}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,6 +248,7 @@ class TrainedModel:
       run_dir: the run directory (None for :meth:`from_config`).
       config_source: ``config.yaml``, ``checkpoint meta`` or ``config``.
       mesh: the device mesh the variables are replicated on (None: the default device).
+      data: the data the run is bound to (:func:`data_binding`); splits of other data are refused.
     """
 
     config: Config
@@ -205,6 +257,7 @@ class TrainedModel:
     run_dir: Path | None = None
     config_source: str = "config"
     mesh: Any = None
+    data: dict | None = None  # :func:`data_binding` of the run (None: unknown, e.g. an earlier release)
 
     @classmethod
     def from_config(cls, config: Config, seed: int | None = None) -> "TrainedModel":
@@ -291,7 +344,8 @@ class TrainedModel:
         """Scores every window of a split of the run's genome, or of another FASTA (see :mod:`jaxseq.evaluator`).
 
         Args:
-          split_or_fasta: ``test``, ``valid``, ``train``, or a FASTA path.
+          split_or_fasta: ``test``, ``valid``, ``train``, a FASTA path (every window of that genome), or a
+            BED path (``.bed``/``.bed.gz``: the windows inside those regions of the run's genome).
           mode: ``deterministic`` or ``stochastic`` (noise at the schedules' values at :attr:`step`).
           seed, repeats, examples: see :meth:`jaxseq.evaluator.Evaluator.run`.
           cache_dir: token cache root (default ``data.cache_dir``).
@@ -311,6 +365,11 @@ class TrainedModel:
         if fasta is not None and not Path(split).exists() and not Path(split).suffix and "/" not in split:
             raise EvaluateError(f"unknown split {split!r}; choose from {', '.join(evaluator.SPLITS)} or give a FASTA path")
         target = evaluator.open_evaluator(self.config, split, fasta, cache_dir)
+        # --fasta OTHER is an explicit other genome; a split or BED regions must be of the trained one.
+        if fasta is None or evaluator.is_bed(fasta):
+            check_data_binding(self.data, data_binding(self.config, target.genome.fingerprint),
+                               f"run {self.run_dir} (checkpoint step {self.step})",
+                               "score another genome with --fasta FILE, or train on this one in a new --workdir")
         mesh = self.mesh if self.mesh is not None else parallel.create_mesh(1)
         hparams = evaluator.eval_hparams(self.config, self.step) if mode == "stochastic" else {}
         report = {"run_dir": str(self.run_dir), "step": self.step, "config_source": self.config_source,

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from jaxseq import checkpoint, train
+from jaxseq import run as rundir
 from jaxseq import config as config_lib
 from jaxseq.config import load_config
 from jaxseq.genome import default_fasta
@@ -159,7 +160,7 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
     """Every file and folder under ``directory`` (but the lock file) with size and mtime."""
     out = {}
     for path in sorted(directory.rglob("*")):
-        if path.name == checkpoint.LOCK_FILE:
+        if path.name == rundir.LOCK_FILE:
             continue
         st = path.stat()
         out[str(path.relative_to(directory))] = (st.st_size if path.is_file() else 0, st.st_mtime_ns)
@@ -374,11 +375,11 @@ def test_sigterm_143_lock_sigint_130_and_second_sigint_aborts(shared, capfd):
 
 
 def test_run_directory_lock_is_exclusive_and_released(tmp_path):
-    first = checkpoint.lock_run_directory(tmp_path)
+    first = rundir.lock_run_directory(tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match=f"run directory {tmp_path} is in use by pid {os.getpid()} "):
-        checkpoint.lock_run_directory(tmp_path)
+        rundir.lock_run_directory(tmp_path)
     first.release()
-    with checkpoint.lock_run_directory(tmp_path):  # free again; the file left behind is no lock
+    with rundir.lock_run_directory(tmp_path):  # free again; the file left behind is no lock
         pass
 
 
@@ -586,7 +587,7 @@ def test_resume_without_checkpoint_leaves_the_run_directory_as_it_was(shared, re
 def test_resume_with_other_architecture_or_data_is_refused_and_changes_nothing(shared, reference, tmp_path, capfd,
                                                                                settings, expected):
     run = tmp_path / "run"
-    shutil.copytree(reference, run, ignore=shutil.ignore_patterns(checkpoint.LOCK_FILE))
+    shutil.copytree(reference, run, ignore=shutil.ignore_patterns(rundir.LOCK_FILE))
     before = snapshot(run)
     code = train.main(cli(run, settings, "--resume"))
     line = one_error_line(capfd.readouterr().err)
