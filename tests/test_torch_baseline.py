@@ -116,7 +116,7 @@ def test_multilayer_train_mode_uses_batch_statistics_like_jaxseq():
     with torch.no_grad():
         logits, _ = torch_model(torch.from_numpy(tokens))
     np.testing.assert_allclose(logits.numpy(), np.asarray(expected[0]), atol=1e-5, rtol=0)
-    # Running means agree; running variances differ only by PyTorch's unbiased update (models.py docstring).
+    # Running means agree; running variances differ only by PyTorch's unbiased update (jaxseq/layers.py docstring).
     batch, window = tokens.shape
     # Elements per channel each norm sees: positions after pooling times batch; dense norms see the batch.
     elements = {"enc_norm_0": batch * window // 2, "dec_norm_0": batch * window // 2,

@@ -19,7 +19,7 @@ Known differences from jaxseq (none changes the function being learned):
 * random numbers (init, dropout, noise) come from torch's generator seeded with ``train.seed``, so a
   baseline run and a jaxseq run with the same seed start from different weights;
 * BatchNorm's running variance is updated with the unbiased batch variance (PyTorch) rather than the
-  biased one (flax); see ``jaxseq/models.py``;
+  biased one (flax); see ``jaxseq/layers.py``;
 * a step with a non-finite loss is skipped (counted against ``train.skip_nonfinite``); unlike jaxseq,
   gradients and updated parameters are not checked separately;
 * ``train.steps_per_call`` and ``train.devices`` mean nothing here (eager PyTorch, one process).
