@@ -216,7 +216,9 @@ def wait(manager: ocp.CheckpointManager) -> None:
         raise CheckpointError(f"cannot save {what} in {manager.directory}: {describe_os_error(err)}") from err
     step = _pending_steps.pop(manager, None)
     step_dir = Path(manager.directory) / str(step)
-    if step is not None and step_dir.is_dir():
+    # One writer: with several processes they share the directory, and racing renames of the same
+    # temporary file would fail on all but one of them.
+    if step is not None and jax.process_index() == 0 and step_dir.is_dir():
         try:
             write_manifest(step_dir)
         except OSError as err:
