@@ -119,6 +119,29 @@ def _columns(n_types: int, n_seqids: int) -> int:
     return next((c for c in (3, 2) if n_types % c == 0), min(3, n_types)) if n_types > 3 else n_types
 
 
+def _choose_panels(annotations: gff3.Annotations, types: Sequence[str] | None,
+                   seqid: str | None) -> tuple[list[str], list[str]]:
+    """The sequences and feature types to draw, checked (unknown names, nothing to draw, too many panels)."""
+    path = annotations.path
+    if seqid is not None:
+        annotations.check_seqid(seqid)
+        seqids = [seqid]
+    else:
+        seqids = annotations.seqids
+    if types:
+        annotations.check_types(types)
+        types = list(dict.fromkeys(types))
+    else:
+        types = [t for t in annotations.types if t not in gff3.WHOLE_SEQUENCE_TYPES] or annotations.types
+    if not seqids or not types:
+        raise gff3.GFF3Error(f"{path}: no features to draw")
+    n_panels = len(seqids) * len(types)
+    if n_panels > MAX_PANELS:
+        raise gff3.GFF3Error(f"{path}: {len(seqids)} sequences x {len(types)} types = {n_panels} panels "
+                             f"(max {MAX_PANELS}); choose with --seqid and/or --features")
+    return seqids, types
+
+
 def render_annotations(annotations: gff3.Annotations, out: str | Path, *,
                        types: Sequence[str] | None = None, seqid: str | None = None,
                        max_size: int = images.DEFAULT_MAX_SIZE) -> images.Rendered:
@@ -137,24 +160,7 @@ def render_annotations(annotations: gff3.Annotations, out: str | Path, *,
     Raises:
       GFF3Error: unknown seqid or type, nothing to draw, or too many panels.
     """
-    path = annotations.path
-    if seqid is not None:
-        annotations.check_seqid(seqid)
-        seqids = [seqid]
-    else:
-        seqids = annotations.seqids
-    if types:
-        annotations.check_types(types)
-        types = list(dict.fromkeys(types))
-    else:
-        types = [t for t in annotations.types if t not in gff3.WHOLE_SEQUENCE_TYPES] or annotations.types
-    if not seqids or not types:
-        raise gff3.GFF3Error(f"{path}: no features to draw")
-    n_panels = len(seqids) * len(types)
-    if n_panels > MAX_PANELS:
-        raise gff3.GFF3Error(f"{path}: {len(seqids)} sequences x {len(types)} types = {n_panels} panels "
-                             f"(max {MAX_PANELS}); choose with --seqid and/or --features")
-
+    seqids, types = _choose_panels(annotations, types, seqid)
     lengths = annotations.lengths
     circular = annotations.circular
     ncols = _columns(len(types), len(seqids))
@@ -163,7 +169,8 @@ def render_annotations(annotations: gff3.Annotations, out: str | Path, *,
     def describe(name):
         return f"{name} ({lengths[name]:,} bp{', circular' if name in circular else ''})"
 
-    title = [path.name]
+    n_panels = len(seqids) * len(types)
+    title = [annotations.path.name]
     if single:
         title.append(f"{describe(seqids[0])}, Hilbert order {hilbert.hilbert_order(lengths[seqids[0]])}")
     title.append("brightness = number of overlapping features of the panel's type; "

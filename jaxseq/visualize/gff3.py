@@ -171,6 +171,51 @@ def _parse_int(text: str, column: str, where: str) -> int:
         raise GFF3Error(f"{where}: {column} {text!r} is not an integer") from None
 
 
+def _add_sequence_region(words: list[str], line: str, where: str, regions: dict[str, tuple[int, int]]) -> None:
+    """Records a ``##sequence-region seqid start end`` directive (1-based, inclusive)."""
+    if len(words) != 4:
+        raise GFF3Error(f"{where}: ##sequence-region needs 'seqid start end', got {line!r}")
+    name = unquote(words[1])
+    start = _parse_int(words[2], "sequence-region start", where)
+    end = _parse_int(words[3], "sequence-region end", where)
+    if start < 1 or start > end:
+        raise GFF3Error(f"{where}: ##sequence-region {name} has start {start} and end {end}")
+    if name in regions and regions[name] != (start, end):
+        raise GFF3Error(f"{where}: ##sequence-region {name} given twice with different bounds")
+    regions[name] = (start, end)
+
+
+def _parse_feature(line: str, where: str, lineno: int) -> Feature:
+    """One nine-column feature line, checked."""
+    columns = line.split("\t")
+    if len(columns) != 9:
+        raise GFF3Error(f"{where}: expected 9 tab-separated columns, found {len(columns)}")
+    seqid, source, ftype, start_text, end_text, score_text, strand, phase_text, attr = columns
+    start = _parse_int(start_text, "start", where)
+    end = _parse_int(end_text, "end", where)
+    if start < 1:
+        raise GFF3Error(f"{where}: start {start} < 1 (GFF3 coordinates are 1-based)")
+    if start > end:
+        raise GFF3Error(f"{where}: start {start} > end {end}")
+    if strand not in STRANDS:
+        raise GFF3Error(f"{where}: strand {strand!r} is not one of + - . ?")
+    if score_text == ".":
+        score = None
+    else:
+        try:
+            score = float(score_text)
+        except ValueError:
+            raise GFF3Error(f"{where}: score {score_text!r} is not a number or '.'") from None
+    if phase_text == ".":
+        phase = None
+    elif phase_text in ("0", "1", "2"):
+        phase = int(phase_text)
+    else:
+        raise GFF3Error(f"{where}: phase {phase_text!r} is not 0, 1, 2 or '.'")
+    return Feature(unquote(seqid), unquote(source), unquote(ftype), start, end, score, strand, phase,
+                   parse_attributes(attr, where), lineno)
+
+
 def read_gff3(path: str | Path) -> Annotations:
     """Reads a GFF3 file (plain or gzip).
 
@@ -212,47 +257,12 @@ def read_gff3(path: str | Path) -> Annotations:
                 if words[0] == "##FASTA":
                     in_fasta = True
                 elif words[0] == "##sequence-region":
-                    if len(words) != 4:
-                        raise GFF3Error(f"{where}: ##sequence-region needs 'seqid start end', got {line!r}")
-                    name = unquote(words[1])
-                    start = _parse_int(words[2], "sequence-region start", where)
-                    end = _parse_int(words[3], "sequence-region end", where)
-                    if start < 1 or start > end:
-                        raise GFF3Error(f"{where}: ##sequence-region {name} has start {start} and end {end}")
-                    if name in regions and regions[name] != (start, end):
-                        raise GFF3Error(f"{where}: ##sequence-region {name} given twice with different bounds")
-                    regions[name] = (start, end)
+                    _add_sequence_region(words, line, where, regions)
                 # '###' and other directives (gff-version, species, ...) do not affect coordinates.
                 continue
             if line.startswith("#"):
                 continue
-            columns = line.split("\t")
-            if len(columns) != 9:
-                raise GFF3Error(f"{where}: expected 9 tab-separated columns, found {len(columns)}")
-            seqid, source, ftype, start_text, end_text, score_text, strand, phase_text, attr = columns
-            start = _parse_int(start_text, "start", where)
-            end = _parse_int(end_text, "end", where)
-            if start < 1:
-                raise GFF3Error(f"{where}: start {start} < 1 (GFF3 coordinates are 1-based)")
-            if start > end:
-                raise GFF3Error(f"{where}: start {start} > end {end}")
-            if strand not in STRANDS:
-                raise GFF3Error(f"{where}: strand {strand!r} is not one of + - . ?")
-            if score_text == ".":
-                score = None
-            else:
-                try:
-                    score = float(score_text)
-                except ValueError:
-                    raise GFF3Error(f"{where}: score {score_text!r} is not a number or '.'") from None
-            if phase_text == ".":
-                phase = None
-            elif phase_text in ("0", "1", "2"):
-                phase = int(phase_text)
-            else:
-                raise GFF3Error(f"{where}: phase {phase_text!r} is not 0, 1, 2 or '.'")
-            features.append(Feature(unquote(seqid), unquote(source), unquote(ftype), start, end, score,
-                                    strand, phase, parse_attributes(attr, where), lineno))
+            features.append(_parse_feature(line, where, lineno))
     annotations = Annotations(path, features, regions, fasta_lengths)
     _check_bounds(annotations)
     return annotations
