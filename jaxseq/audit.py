@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxseq.splits import Interval
+from jaxseq.splits import Interval, subtract_intervals
 
 MAX_K = 32
 DEFAULT_K = 32
@@ -278,25 +278,6 @@ def shared_intervals(tokens: Mapping[str, np.ndarray], splits: Mapping[str, Sequ
       split name -> list of :class:`Interval` (half-open, merged, inside that split's intervals).
     """
     return intervals_from_marks(shared_kmer_marks(tokens, splits, k, **kwargs), splits, k)
-
-
-def subtract_intervals(intervals: Sequence[Interval], remove: Sequence[Interval]) -> list[Interval]:
-    """``intervals`` minus the bases of ``remove`` (both half-open), in the order of ``intervals``."""
-    by_record: dict[str, list[tuple[int, int]]] = {}
-    for r in remove:
-        by_record.setdefault(r.record, []).append((r.start, r.end))
-    out = []
-    for interval in intervals:
-        cursor = interval.start
-        for start, end in sorted(by_record.get(interval.record, ())):
-            if end <= cursor or start >= interval.end:
-                continue
-            if start > cursor:
-                out.append(Interval(interval.record, cursor, start))
-            cursor = max(cursor, end)
-        if cursor < interval.end:
-            out.append(Interval(interval.record, cursor, interval.end))
-    return out
 
 
 def dedup_splits(splits: Mapping[str, Sequence[Interval]], shared: Mapping[str, Sequence[Interval]],

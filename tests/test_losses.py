@@ -166,3 +166,39 @@ def test_everything_jits_without_host_syncs():
     assert float(sums["count"]) == 3
     jaxpr = str(jax.make_jaxpr(lambda l, b: losses.metric_sums(l, b))(LOGITS, batch))
     assert "callback" not in jaxpr
+
+
+def test_bce_softmax_is_the_prototypes_loss_with_n_masked():
+    got = losses.reconstruction(LOGITS, batch_of(TOKENS), objective="bce_softmax")
+    # Per position: -mean over the 4 bases of y log p + (1 - y) log(1 - p).
+    row0 = -(math.log(1 / 4) + 3 * math.log(3 / 4)) / 4
+    row1 = -(math.log(5 / 8) + 3 * math.log(7 / 8)) / 4
+    row2 = -(math.log(1 / 11) + math.log(3 / 11) + 2 * math.log(10 / 11)) / 4  # target G, p(C) = 8 / 11
+    assert float(got) == pytest.approx((row0 + row1 + row2) / 3, rel=1e-5)
+    # Saturated wrong logits hit torch.nn.BCELoss's -100 floor instead of overflowing.
+    extreme = losses.bce_softmax(jnp.asarray([[[0.0, 1e4, 0.0, 0.0]]]), jnp.asarray([[A]], jnp.int8))
+    assert float(extreme[0, 0]) == pytest.approx((100 + 100) / 4, rel=1e-4)
+    # Evaluation metrics stay cross-entropy whatever the training objective.
+    sums = losses.metric_sums(LOGITS, batch_of(TOKENS))
+    assert float(sums["loss_sum"] / sums["count"]) == pytest.approx(float(losses.reconstruction(LOGITS, batch_of(TOKENS))))
+    with pytest.raises(ValueError, match="model.objective"):
+        losses.reconstruction(LOGITS, batch_of(TOKENS), objective="bce")
+
+
+def test_bce_softmax_trains_through_the_step_and_is_checked_by_config():
+    from jaxseq import steps
+    from jaxseq.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.objective: unknown objective 'bce'"):
+        load_config(None, ["model.objective=bce"])
+    config = load_config(None, ["model.name=autoencoder", "model.latent_len=2", "model.kernel_len=3",
+                                "data.window_len=16", "model.objective=bce_softmax", "train.num_steps=3"])
+    state = steps.create_train_state(config)
+    tokens = np.random.default_rng(0).integers(0, 4, (1, 8, 16)).astype(np.int8)
+    batch = {"tokens": tokens, "weights": np.ones((1, 8), np.float32)}
+    state, metrics = steps.build(config).train(state, batch, jax.random.key(0))
+    bce = losses.reconstruction(
+        state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, tokens[0], train=False)[0],
+        batch_of(tokens[0]), objective="bce_softmax")
+    # The training loss is the BCE (< CE for a 4-way softmax: each term of BCE averages 4 numbers).
+    assert 0 < float(metrics["loss_sum"] / metrics["count"]) < math.log(4) and np.isfinite(float(bce))
