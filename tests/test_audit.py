@@ -238,9 +238,34 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     (["--set", "data.window_len=16", "--k", "20"], "longer than data.window_len=16"),
     (["--set", "data.fasta=/nonexistent.fa"], "nonexistent.fa"),
     (["--top", "0"], "--top must be >= 1"),
+    (["--run", "/nonexistent-run"], "--run audits the run's own config; drop --config/--set"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
     code = audit.main(["audit", "--set", f"data.cache_dir={tmp_path}", *argv])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_accuracy_by_shared_splits_the_test_windows_exactly(planted_fasta):
+    from jaxseq import steps
+    from jaxseq.trained import TrainedModel
+
+    config = load_config(None, planted_fasta + ["model.name=autoencoder", "model.kernel_len=3", "model.latent_len=2",
+                                                "train.batch_size=8"])
+    data = steps.open_data(config)
+    marks = audit.shared_kmer_marks(data.genome.as_mapping(), data.splits, 20)
+    # Test is [500, 1000): tiles start at 500, 564, ..., 884; the reverse-complement copy [600, 750) has
+    # whole 20-mers in the tiles at 564, 628 and 692.
+    assert audit.windows_by_shared(marks, data.splits["test"], 20, 64) == {
+        "shared": [Interval("g", 564, 756)], "clean": [Interval("g", 500, 564), Interval("g", 756, 948)]}
+    model = TrainedModel.from_config(config, seed=0)
+    got = audit.accuracy_by_shared(model, "test", k=20)
+    whole = model.evaluate("test")
+    assert (got["shared"]["windows"], got["clean"]["windows"]) == (3, 4)
+    assert got["shared"]["n_bases"] + got["clean"]["n_bases"] == whole["n_bases"] == 7 * 64
+    mixed = (got["shared"]["accuracy"] * 3 + got["clean"]["accuracy"] * 4) / 7
+    assert mixed == pytest.approx(whole["accuracy"], abs=1e-12)
+    assert got["difference"] == pytest.approx(got["clean"]["accuracy"] - got["shared"]["accuracy"])
+    with pytest.raises(audit.AuditError, match="split must be one of valid, test"):
+        audit.accuracy_by_shared(model, "train", k=20)
