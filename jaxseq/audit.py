@@ -24,9 +24,15 @@ vectorised by doubling). A bool mark per base (1 byte/base) records the shared k
 Measured by ``experiments/benchmark_audit.py`` (k = 32, default splits): a 100 Mb genome takes 5
 passes, 84 s of CPU and 0.78 GB peak RSS (memory-mapped genome included); E. coli 2.4 s and 0.25 GB.
 
+Training uses the same stretches: ``data.dedup: drop_train | drop_eval`` (k = ``data.dedup_k``) cuts
+them out of the splits in :func:`jaxseq.steps.open_data`, so the audit of a deduplicated config is 0.
+:func:`accuracy_by_shared` scores a trained model separately on the test windows that hold a shared
+k-mer and on those that do not (``--run RUN``): how much a leak flatters held-out accuracy.
+
 Command line (``python -m jaxseq.splits audit``; this module's :func:`main` reads the same words)::
 
     python -m jaxseq.splits audit [--config FILE] [--set KEY=VALUE ...] [--k 32] [--json OUT]
+    python -m jaxseq.splits audit --run RUN [--k 32] [--json OUT]
 """
 
 from __future__ import annotations
