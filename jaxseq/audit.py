@@ -430,8 +430,8 @@ def windows_by_shared(marks: Mapping[str, np.ndarray], intervals: Sequence[Inter
       window_len: the tiling's window length (non-overlapping tiles from each interval's start).
 
     Returns:
-      ``{"shared": [...], "clean": [...]}``: each an :class:`Interval` list whose own evaluation tiling
-      is exactly those windows (adjacent windows of a group are merged: their tiles stay the same).
+      ``{"shared": [...], "clean": [...]}``: :class:`Interval` lists whose own evaluation tilings are
+      exactly those windows (adjacent windows of a group merged).
     """
     groups: dict[str, list[Interval]] = {"shared": [], "clean": []}
     for interval in intervals:
@@ -506,8 +506,8 @@ def format_report(report: Mapping) -> str:
         lines.append(f"{label:<12}" + "".join(f"{s['histogram'][b]:>10,}" for s in report["splits"].values()))
     if "accuracy" in report:
         a = report["accuracy"]
-        lines += ["", f"{a['split']} accuracy of run {report.get('run', '?')} by windows holding a shared k-mer",
-                  f"{'windows':<8} {'count':>10} {'accuracy':>9} {'bits/base':>9}"]
+        lines += ["", f"{a['split']} accuracy of run {report.get('run', '?')} by windows holding a shared k-mer"
+                  f"\n{'windows':<8} {'count':>10} {'accuracy':>9} {'bits/base':>9}"]
         for group in ("shared", "clean"):
             g = a[group]
             lines.append(f"{group:<8} {g['windows']:>10,} " + (f"{g['accuracy']:>9.4f} {g['bits_per_base']:>9.4f}"
@@ -563,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxseq.config import ConfigError, load_config
     from jaxseq.genome import GenomeError
     from jaxseq.splits import SplitError
+    from jaxseq.trained import load_run
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
@@ -573,14 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise AuditError(f"--json {args.json} is a directory")
         if args.run and (args.config or args.overrides):
             raise AuditError("--run audits the run's own config; drop --config/--set")
-        model = None
-        if args.run:
-            from jaxseq.trained import load_run
-
-            model = load_run(args.run)
-            config = model.config
-        else:
-            config = load_config(args.config, args.overrides)
+        model = load_run(args.run) if args.run else None
+        config = model.config if model is not None else load_config(args.config, args.overrides)
         _check_k(args.k, config.data.window_len)
         tokens, splits = open_config_splits(config)
         report = audit_splits(tokens, splits, k=args.k, window_len=config.data.window_len, top=args.top,
