@@ -563,6 +563,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxseq.config import ConfigError, load_config
     from jaxseq.genome import GenomeError
     from jaxseq.splits import SplitError
+    from jaxseq.checkpoint import CheckpointError
+    from jaxseq.evaluator import EvaluateError
     from jaxseq.trained import load_run
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -586,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(report, indent=2))
-    except (AuditError, ConfigError, GenomeError, SplitError, OSError) as err:
+    except (AuditError, ConfigError, GenomeError, SplitError, EvaluateError, CheckpointError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

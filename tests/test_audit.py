@@ -247,6 +247,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+def test_cli_missing_run_is_one_line(tmp_path, capsys):
+    code = audit.main(["audit", "--run", str(tmp_path / "no-run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and "no-run" in err and "does not exist" in err and err.count("\n") == 1
+
+
 def test_accuracy_by_shared_splits_the_test_windows_exactly(planted_fasta):
     from jaxseq import steps
     from jaxseq.trained import TrainedModel
