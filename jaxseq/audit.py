@@ -24,9 +24,15 @@ vectorised by doubling). A bool mark per base (1 byte/base) records the shared k
 Measured by ``experiments/benchmark_audit.py`` (k = 32, default splits): a 100 Mb genome takes 5
 passes, 84 s of CPU and 0.78 GB peak RSS (memory-mapped genome included); E. coli 2.4 s and 0.25 GB.
 
+Training uses the same stretches: ``data.dedup: drop_train | drop_eval`` (k = ``data.dedup_k``) cuts
+them out of the splits in :func:`jaxseq.steps.open_data`, so the audit of a deduplicated config is 0.
+:func:`accuracy_by_shared` scores a trained model separately on the test windows that hold a shared
+k-mer and on those that do not (``--run RUN``): how much a leak flatters held-out accuracy.
+
 Command line (``python -m jaxseq.splits audit``; this module's :func:`main` reads the same words)::
 
     python -m jaxseq.splits audit [--config FILE] [--set KEY=VALUE ...] [--k 32] [--json OUT]
+    python -m jaxseq.splits audit --run RUN [--k 32] [--json OUT]
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxseq.splits import Interval
+from jaxseq.splits import Interval, subtract_intervals
 
 MAX_K = 32
 DEFAULT_K = 32
@@ -280,25 +286,6 @@ def shared_intervals(tokens: Mapping[str, np.ndarray], splits: Mapping[str, Sequ
     return intervals_from_marks(shared_kmer_marks(tokens, splits, k, **kwargs), splits, k)
 
 
-def subtract_intervals(intervals: Sequence[Interval], remove: Sequence[Interval]) -> list[Interval]:
-    """``intervals`` minus the bases of ``remove`` (both half-open), in the order of ``intervals``."""
-    by_record: dict[str, list[tuple[int, int]]] = {}
-    for r in remove:
-        by_record.setdefault(r.record, []).append((r.start, r.end))
-    out = []
-    for interval in intervals:
-        cursor = interval.start
-        for start, end in sorted(by_record.get(interval.record, ())):
-            if end <= cursor or start >= interval.end:
-                continue
-            if start > cursor:
-                out.append(Interval(interval.record, cursor, start))
-            cursor = max(cursor, end)
-        if cursor < interval.end:
-            out.append(Interval(interval.record, cursor, interval.end))
-    return out
-
-
 def dedup_splits(splits: Mapping[str, Sequence[Interval]], shared: Mapping[str, Sequence[Interval]],
                  mode: str) -> dict[str, list[Interval]]:
     """Applies ``data.dedup``: removes the shared stretches from train (``drop_train``) or eval (``drop_eval``).
@@ -322,13 +309,19 @@ def dedup_splits(splits: Mapping[str, Sequence[Interval]], shared: Mapping[str, 
 # The report
 
 
+def _shared_per_window(interval: Interval, positions: np.ndarray, k: int, window_len: int) -> np.ndarray:
+    """Shared k-mers (starts ``positions``) wholly inside each window of the interval's tiling: int64 ``(windows,)``."""
+    n_windows = (interval.end - interval.start) // window_len
+    offsets = positions - interval.start
+    inside = (offsets % window_len <= window_len - k) & (offsets // window_len < n_windows)
+    return np.bincount(offsets[inside] // window_len, minlength=n_windows).astype(np.int64)
+
+
 def _window_counts(tokens: np.ndarray, interval: Interval, positions: np.ndarray, k: int,
                    window_len: int, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """Valid and shared k-mers per window of the evaluation tiling of one interval: int64 ``(windows,)`` each."""
     n_windows = (interval.end - interval.start) // window_len
-    offsets = positions - interval.start
-    inside = (offsets % window_len <= window_len - k) & (offsets // window_len < n_windows)
-    shared = np.bincount(offsets[inside] // window_len, minlength=n_windows).astype(np.int64)
+    shared = _shared_per_window(interval, positions, k, window_len)
     valid = np.full(n_windows, window_len - k + 1, np.int64)
     for first in range(0, n_windows, block):
         last = min(first + block, n_windows)
@@ -426,6 +419,74 @@ def audit_splits(tokens: Mapping[str, np.ndarray], splits: Mapping[str, Sequence
     return report
 
 
+def windows_by_shared(marks: Mapping[str, np.ndarray], intervals: Sequence[Interval], k: int,
+                      window_len: int) -> dict[str, list[Interval]]:
+    """The evaluation tiling of ``intervals`` cut into windows that hold a shared k-mer and windows that do not.
+
+    Args:
+      marks: :func:`shared_kmer_marks` of the splits that ``intervals`` belongs to.
+      intervals: one split's intervals.
+      k: the k of ``marks``.
+      window_len: the tiling's window length (non-overlapping tiles from each interval's start).
+
+    Returns:
+      ``{"shared": [...], "clean": [...]}``: :class:`Interval` lists whose own evaluation tilings are
+      exactly those windows (adjacent windows of a group merged).
+    """
+    groups: dict[str, list[Interval]] = {"shared": [], "clean": []}
+    for interval in intervals:
+        positions, _, _ = _runs(marks[interval.record], interval, k)
+        shared = _shared_per_window(interval, positions, k, window_len)
+        for index, has in enumerate(shared > 0):
+            group = groups["shared" if has else "clean"]
+            start = interval.start + index * window_len
+            if group and group[-1].record == interval.record and group[-1].end == start:
+                group[-1] = group[-1]._replace(end=start + window_len)
+            else:
+                group.append(Interval(interval.record, start, start + window_len))
+    return groups
+
+
+def accuracy_by_shared(model, split: str = "test", k: int = DEFAULT_K) -> dict:
+    """Test accuracy of a trained model on the windows that share a k-mer with train vs those that do not.
+
+    The split's windows (the evaluation tiling of the run's own config) are grouped by the audit's
+    marks and each group is scored by the one evaluator (deterministic mode, exact sums).
+
+    Args:
+      model: a :class:`jaxseq.TrainedModel` (``jaxseq.load_run(run_dir)``).
+      split: ``valid`` or ``test``.
+      k: k-mer length, ``1 <= k <= min(32, window_len)``.
+
+    Returns:
+      ``{"split", "k", "shared": {...}, "clean": {...}}``, each group with ``windows``, ``accuracy``,
+      ``bits_per_base`` and ``n_bases`` (an empty group has ``windows`` 0 and nothing else); plus
+      ``difference`` (clean accuracy - shared accuracy) when both groups hold windows.
+    """
+    from jaxseq import evaluator, parallel, steps
+
+    window_len = model.config.data.window_len
+    _check_k(k, window_len)
+    if split not in EVAL_SPLITS:
+        raise AuditError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    data = steps.open_data(model.config)
+    marks = shared_kmer_marks(data.genome.as_mapping(), data.splits, k)
+    mesh = model.mesh if model.mesh is not None else parallel.create_mesh(1)
+    out: dict = {"split": split, "k": k}
+    for group, intervals in windows_by_shared(marks, data.splits[split], k, window_len).items():
+        if not intervals:
+            out[group] = {"windows": 0}
+            continue
+        target = evaluator.Evaluator(data.genome, intervals, window_len, 2 * model.config.train.batch_size,
+                                     f"{split}-{group}", data.fasta)
+        report = target.run(model.model, model.variables, mesh)
+        out[group] = {"windows": report["n_windows"], "accuracy": report["accuracy"],
+                      "bits_per_base": report["bits_per_base"], "n_bases": report["n_bases"]}
+    if out["shared"]["windows"] and out["clean"]["windows"]:
+        out["difference"] = out["clean"]["accuracy"] - out["shared"]["accuracy"]
+    return out
+
+
 def format_report(report: Mapping) -> str:
     """The audit as text tables: per-split fractions, the histogram, the largest shared regions."""
     lines = [f"k-mers shared with train (k={report['k']}, both strands; windows of {report['window_len']} bases)",
@@ -443,6 +504,16 @@ def format_report(report: Mapping) -> str:
         closing = "]" if b == len(edges) - 2 else ")"
         label = f"[{edges[b]:.2f},{edges[b + 1]:.2f}{closing}"
         lines.append(f"{label:<12}" + "".join(f"{s['histogram'][b]:>10,}" for s in report["splits"].values()))
+    if "accuracy" in report:
+        a = report["accuracy"]
+        lines += ["", f"{a['split']} accuracy of run {report.get('run', '?')} by windows holding a shared k-mer"
+                  f"\n{'windows':<8} {'count':>10} {'accuracy':>9} {'bits/base':>9}"]
+        for group in ("shared", "clean"):
+            g = a[group]
+            lines.append(f"{group:<8} {g['windows']:>10,} " + (f"{g['accuracy']:>9.4f} {g['bits_per_base']:>9.4f}"
+                                                                if g["windows"] else f"{'-':>9} {'-':>9}"))
+        if "difference" in a:
+            lines.append(f"clean - shared accuracy: {a['difference']:+.4f}")
     if report["regions"]:
         lines += ["", "largest shared regions",
                   f"{'split':<6} {'record':<16} {'start':>10} {'end':>10} {'length':>8}  in train"]
@@ -482,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--max-kmers-per-pass", type=int, default=DEFAULT_MAX_KMERS_PER_PASS,
                        help="k-mers held in memory at once, 8 bytes each (default %(default)s)")
     audit.add_argument("--json", help="write the report as JSON to this file")
+    audit.add_argument("--run", help="a run directory: audit its config's splits and add its test accuracy on "
+                                     "windows with and without a shared k-mer (instead of --config/--set)")
     return parser
 
 
@@ -490,6 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxseq.config import ConfigError, load_config
     from jaxseq.genome import GenomeError
     from jaxseq.splits import SplitError
+    from jaxseq.checkpoint import CheckpointError
+    from jaxseq.evaluator import EvaluateError
+    from jaxseq.trained import load_run
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
@@ -498,16 +574,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise AuditError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         if args.json and Path(args.json).is_dir():
             raise AuditError(f"--json {args.json} is a directory")
-        config = load_config(args.config, args.overrides)
+        if args.run and (args.config or args.overrides):
+            raise AuditError("--run audits the run's own config; drop --config/--set")
+        model = load_run(args.run) if args.run else None
+        config = model.config if model is not None else load_config(args.config, args.overrides)
         _check_k(args.k, config.data.window_len)
         tokens, splits = open_config_splits(config)
         report = audit_splits(tokens, splits, k=args.k, window_len=config.data.window_len, top=args.top,
                               bins=args.bins, max_kmers_per_pass=args.max_kmers_per_pass)
+        if model is not None:
+            report["run"], report["accuracy"] = str(args.run), accuracy_by_shared(model, "test", args.k)
         print(format_report(report))
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(report, indent=2))
-    except (AuditError, ConfigError, GenomeError, SplitError, OSError) as err:
+    except (AuditError, ConfigError, GenomeError, SplitError, EvaluateError, CheckpointError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

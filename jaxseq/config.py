@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import yaml
 
-from jaxseq import loader, models, optim, splits
+from jaxseq import audit, loader, losses, models, optim, splits
 from jaxseq.layers import COMPUTE_DTYPES, CONV_IMPLS
 
 
@@ -53,6 +53,10 @@ class DataConfig:
     regions: str = ""  # BED file: only windows wholly inside these intervals (empty: everywhere)
     exclude: str = ""  # BED file: no window touches these intervals (a blacklist)
     aliases: str = ""  # record aliases: two columns (name in FASTA, alias) or an NCBI assembly report
+    # Leak removal by content: "drop_train" / "drop_eval" cut out of train / valid+test every stretch
+    # covered by a canonical k-mer (k = dedup_k) found across the train/eval boundary (jaxseq.audit).
+    dedup: str = "none"
+    dedup_k: int = audit.DEFAULT_K
 
 
 @dataclasses.dataclass
@@ -75,6 +79,8 @@ class ModelConfig:
     neighbour_loss_weight: float = 0.0
     # Layer implementation: flax (cuDNN on GPUs), cpu (hand-written kernels), auto (cpu on the CPU backend).
     conv_impl: str = "auto"
+    # Training objective: "ce" (log-softmax cross-entropy) or the prototype's "bce_softmax"; evaluation reports CE.
+    objective: str = "ce"
 
 
 @dataclasses.dataclass
@@ -130,7 +136,7 @@ class Config:
 ARCHITECTURE_KEYS = tuple(
     [f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
      if f.name not in ("input_dropout", "latent_noise_std", "neighbour_loss_weight", "hidden_dropout",
-                       "conv_impl")]
+                       "conv_impl", "objective")]
     + ["data.window_len"]
 )
 
@@ -415,6 +421,11 @@ def _check_data(d: DataConfig) -> None:
         raise ConfigError(f"data.max_n_fraction must be in [0, 1], got {d.max_n_fraction}")
     _owner_check("data.augment", lambda: loader._check_augment(d.augment))
     _check_data_restrictions(d)
+    if d.dedup not in audit.DEDUP_MODES:
+        raise ConfigError(f"data.dedup: unknown mode {d.dedup!r}{_close(d.dedup, audit.DEDUP_MODES)}; "
+                          f"choose one of {', '.join(audit.DEDUP_MODES)}")
+    if not 1 <= d.dedup_k <= audit.MAX_K:
+        raise ConfigError(f"data.dedup_k must be in 1..{audit.MAX_K} (k-mers are packed in 64 bits), got {d.dedup_k}")
 
 
 def _check_model(config: Config) -> None:
@@ -433,6 +444,9 @@ def _check_model(config: Config) -> None:
     if m.name == "multilayer" and m.neighbour_loss_weight > 0:
         raise ConfigError("model.neighbour_loss_weight needs per-position latents (autoencoder or dilated); "
                           "the multilayer latent is one vector per window")
+    if m.objective not in losses.OBJECTIVES:
+        raise ConfigError(f"model.objective: unknown objective {m.objective!r}{_close(m.objective, losses.OBJECTIVES)}; "
+                          f"choose one of {', '.join(losses.OBJECTIVES)}")
     if m.name == "dilated" and m.kernel_len % 2 == 0:
         raise ConfigError(f"model.kernel_len must be odd for the dilated model, got {m.kernel_len}")
 

@@ -9,9 +9,11 @@ Everything here is jit-safe and free of host syncs. Metrics are sums plus a coun
 mean is ``sum(loss_sum) / sum(count)`` exactly.
 
 Objective: the prototype trained on ``(1 - w) * BCE(softmax, one_hot) + w * MSE(neighbouring latents)``
-with ``w = neighbour_loss_prop``. We keep its mixing but use the categorical cross-entropy from logits
-(numerically stable, and the usual likelihood for a 4-way choice):
-``(1 - w) * CE + w * neighbour(latent)`` when ``w > 0``, plain ``CE`` when ``w == 0``.
+with ``w = neighbour_loss_prop``. We keep its mixing but by default use the categorical cross-entropy
+from logits (numerically stable, and the usual likelihood for a 4-way choice):
+``(1 - w) * CE + w * neighbour(latent)`` when ``w > 0``, plain ``CE`` when ``w == 0``. The prototype's
+term is kept as a training option (``model.objective: bce_softmax``, :func:`bce_softmax`) so the two
+can be compared; evaluation and :func:`metric_sums` always report CE.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ import optax
 
 from jaxseq import tokens as tok
 
-__all__ = ["cross_entropy", "metric_sums", "neighbour", "position_weights", "reconstruction"]
+#: Training objectives (``model.objective``): log-softmax cross-entropy, or the prototype's BCE on softmax.
+OBJECTIVES = ("ce", "bce_softmax")
+#: torch.nn.BCELoss clamps its logs at -100; the prototype's loss had this floor, so ours does too.
+_BCE_LOG_FLOOR = -100.0
+
+__all__ = ["OBJECTIVES", "bce_softmax", "cross_entropy", "metric_sums", "neighbour", "position_weights", "reconstruction"]
 
 
 def position_weights(batch: Mapping[str, Any]) -> jax.Array:
@@ -62,9 +69,34 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def _weighted_ce_sum(logits: jax.Array, batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
+def bce_softmax(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-position binary cross-entropy of ``softmax(logits)`` against the one-hot target (the prototype's loss).
+
+    ``-mean_c [y_c log p_c + (1 - y_c) log(1 - p_c)]`` over the 4 bases, each log floored at -100 as
+    ``torch.nn.BCELoss`` does, so its mean over positions equals the prototype's ``BCELoss(softmax(x), y)``.
+
+    Args:
+      logits: float ``(B, L, 4)``.
+      targets: integer ``(B, L)``; values outside ``0..3`` give an arbitrary finite value (weight them out).
+
+    Returns:
+      float32 ``(B, L)``.
+    """
+    logits = logits.astype(jnp.float32)
+    labels = jnp.clip(targets.astype(jnp.int32), 0, tok.NUM_BASES - 1)
+    one_hot = jax.nn.one_hot(labels, tok.NUM_BASES, dtype=jnp.float32)
+    total = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    log_p = jnp.maximum(logits - total, _BCE_LOG_FLOOR)
+    # log(1 - p_c) = logsumexp of the other logits - logsumexp of all: exact even where p_c rounds to 1.
+    others = jnp.where(jnp.eye(tok.NUM_BASES, dtype=bool), -jnp.inf, 0.0)
+    log_not_p = jnp.maximum(jax.nn.logsumexp(logits[..., None, :] + others, axis=-1) - total, _BCE_LOG_FLOOR)
+    return -jnp.mean(one_hot * log_p + (1.0 - one_hot) * log_not_p, axis=-1)
+
+
+def _weighted_ce_sum(logits: jax.Array, batch: Mapping[str, Any],
+                     objective: str = "ce") -> tuple[jax.Array, jax.Array]:
     weights = position_weights(batch)
-    ce = cross_entropy(logits, batch["tokens"])
+    ce = (bce_softmax if objective == "bce_softmax" else cross_entropy)(logits, batch["tokens"])
     # where(), not a product: 0 * inf would be NaN if a masked position overflowed.
     return jnp.sum(jnp.where(weights > 0, weights * ce, 0.0)), jnp.sum(weights)
 
@@ -96,10 +128,11 @@ def neighbour(latent: jax.Array, weights: jax.Array | None = None) -> jax.Array:
 
 
 def reconstruction(logits: jax.Array, batch: Mapping[str, Any], latent: jax.Array | None = None,
-                   neighbour_loss_weight: float | jax.Array = 0.0) -> jax.Array:
+                   neighbour_loss_weight: float | jax.Array = 0.0, objective: str = "ce") -> jax.Array:
     """The training objective: masked, weighted mean cross-entropy, optionally mixed with the neighbour loss.
 
-    ``CE = sum(w * ce) / max(sum(w), 1)`` with ``w = position_weights(batch)``; if
+    ``CE = sum(w * ce) / max(sum(w), 1)`` with ``w = position_weights(batch)`` (``ce`` per position is
+    :func:`cross_entropy`, or :func:`bce_softmax` when ``objective == "bce_softmax"``); if
     ``neighbour_loss_weight`` (``p``) is non-zero the result is ``(1 - p) * CE + p * neighbour(latent)``
     (the neighbour term weighted by ``batch["weights"]``).
 
@@ -108,14 +141,18 @@ def reconstruction(logits: jax.Array, batch: Mapping[str, Any], latent: jax.Arra
       batch: ``"tokens"`` integer ``(B, L)``, ``"weights"`` float ``(B,)``.
       latent: the model's latent; must be per-position ``(B, L', C)`` when the neighbour term is used.
       neighbour_loss_weight: ``p`` in ``[0, 1]``; a Python number 0 skips the term statically.
+      objective: one of :data:`OBJECTIVES` (static).
 
     Returns:
       float32 scalar.
 
     Raises:
-      ValueError: a non-zero neighbour weight without a per-position latent, or a weight outside [0, 1].
+      ValueError: a non-zero neighbour weight without a per-position latent, a weight outside [0, 1],
+        or an unknown objective.
     """
-    ce_sum, count = _weighted_ce_sum(logits, batch)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"model.objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    ce_sum, count = _weighted_ce_sum(logits, batch, objective)
     ce = ce_sum / jnp.maximum(count, 1.0)
     static = isinstance(neighbour_loss_weight, numbers.Real)
     if static:

@@ -45,17 +45,30 @@ class Data:
 def open_data(config: Config) -> Data:
     """Opens the genome (building its token cache once) and computes leak-free splits.
 
+    With ``data.dedup`` other than ``none``, the stretches covered by canonical k-mers (``data.dedup_k``)
+    shared across the train/eval boundary are then cut out of train (``drop_train``) or valid and test
+    (``drop_eval``), so :func:`jaxseq.audit.audit_splits` of the result finds nothing shared.
+
     Raises:
       GenomeError, SplitError, RegionError: bad FASTA, BED or alias file, or splits that cannot hold
-        a window; before any compute.
+        a window (also after deduplication); before any compute.
     """
+    from jaxseq import audit
     from jaxseq.genome import Genome, default_fasta
-    from jaxseq.splits import split_genome
+    from jaxseq.splits import SplitError, check_splits, split_genome
 
     d = config.data
     fasta = Path(d.fasta) if d.fasta else default_fasta()
     genome = Genome.open(fasta, cache_dir=d.cache_dir or None)
-    return Data(genome=genome, splits=split_genome(genome, d), fasta=fasta)
+    splits = split_genome(genome, d)
+    if d.dedup != "none":
+        shared = audit.shared_intervals(genome.as_mapping(), splits, d.dedup_k)
+        splits = audit.dedup_splits(splits, shared, d.dedup)
+        try:
+            check_splits(splits, d.window_len)
+        except SplitError as err:
+            raise SplitError(f"after data.dedup={d.dedup} (k={d.dedup_k}): {err}") from None
+    return Data(genome=genome, splits=splits, fasta=fasta)
 
 
 def create_train_loader(config: Config, data: Data):
@@ -127,7 +140,7 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _loss_fn(state: TrainState, batch, rng, hparams, neighbour_loss_weight: float):
+def _loss_fn(state: TrainState, batch, rng, hparams, neighbour_loss_weight: float, objective: str = "ce"):
     dropout_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, state.step))
 
     def loss_fn(params):
@@ -135,14 +148,14 @@ def _loss_fn(state: TrainState, batch, rng, hparams, neighbour_loss_weight: floa
             {"params": params, "batch_stats": state.batch_stats}, batch["tokens"],
             train=True, deterministic=False, hparams=hparams, rngs={"dropout": dropout_rng, "noise": noise_rng},
             mutable=["batch_stats"])
-        loss = losses.reconstruction(logits, batch, latent, neighbour_loss_weight)
+        loss = losses.reconstruction(logits, batch, latent, neighbour_loss_weight, objective)
         return loss, (logits, updates)
 
     return loss_fn
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, hparams: Mapping[str, jax.Array],
-               neighbour_loss_weight: float = 0.0) -> tuple[TrainState, dict]:
+               neighbour_loss_weight: float = 0.0, objective: str = "ce") -> tuple[TrainState, dict]:
     """One optimisation step on one batch.
 
     A step whose loss, gradients or updated parameters are not finite changes nothing but the step
@@ -155,11 +168,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
       rng: base key; folded with ``state.step`` so each step draws fresh, reproducible noise.
       hparams: ``input_dropout`` and ``latent_noise_std`` f32 scalars (traced: changing them never recompiles).
       neighbour_loss_weight: weight of the neighbour loss (static).
+      objective: ``model.objective`` (static): ``ce`` or the prototype's ``bce_softmax``.
 
     Returns:
       ``(new_state, metrics)``: metric sums (``loss_sum``, ``correct``, ``count``, ``confusion`` (4, 4)).
     """
-    loss_fn = _loss_fn(state, batch, rng, hparams, neighbour_loss_weight)
+    loss_fn = _loss_fn(state, batch, rng, hparams, neighbour_loss_weight, objective)
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
     loss_ok = jnp.isfinite(loss)
@@ -180,7 +194,8 @@ MAX_UNROLLED_STEPS = 4
 
 
 def train_steps(state: TrainState, batches: Mapping[str, jax.Array], rng: jax.Array, *,
-                hparam_schedules: Mapping[str, Callable], neighbour_loss_weight: float = 0.0) -> tuple[TrainState, dict]:
+                hparam_schedules: Mapping[str, Callable], neighbour_loss_weight: float = 0.0,
+                objective: str = "ce") -> tuple[TrainState, dict]:
     """Several train steps in one call, so per-call dispatch is amortised.
 
     Up to :data:`MAX_UNROLLED_STEPS` steps are unrolled; more are a ``lax.scan``. XLA:CPU runs
@@ -193,14 +208,14 @@ def train_steps(state: TrainState, batches: Mapping[str, jax.Array], rng: jax.Ar
       batches: ``tokens`` int8 ``(K, B, L)``, ``weights`` f32 ``(K, B)``: K steps' batches.
       rng: base key.
       hparam_schedules: step -> value functions (optax schedules), evaluated on the traced step.
-      neighbour_loss_weight: static.
+      neighbour_loss_weight, objective: static, see :func:`train_step`.
 
     Returns:
       ``(state, metrics)`` with metrics summed over the K steps (``first_bad_step``: the minimum).
     """
     def body(state, batch):
         hparams = {name: jnp.asarray(fn(state.step), jnp.float32) for name, fn in hparam_schedules.items()}
-        return train_step(state, batch, rng, hparams, neighbour_loss_weight)
+        return train_step(state, batch, rng, hparams, neighbour_loss_weight, objective)
 
     num_steps = batches["tokens"].shape[0]
     if num_steps <= MAX_UNROLLED_STEPS:
@@ -214,9 +229,9 @@ def train_steps(state: TrainState, batches: Mapping[str, jax.Array], rng: jax.Ar
     return state, metrics
 
 
-def compute_grads(state: TrainState, batch, rng, hparams, neighbour_loss_weight: float = 0.0):
+def compute_grads(state: TrainState, batch, rng, hparams, neighbour_loss_weight: float = 0.0, objective: str = "ce"):
     """Gradients of one batch's loss (for histograms); the same loss and randomness as :func:`train_step`."""
-    loss_fn = _loss_fn(state, batch, rng, hparams, neighbour_loss_weight)
+    loss_fn = _loss_fn(state, batch, rng, hparams, neighbour_loss_weight, objective)
     return jax.grad(lambda p: loss_fn(p)[0])(state.params)
 
 
@@ -257,9 +272,8 @@ class Steps:
 def build(config: Config) -> Steps:
     """The jitted train and gradient functions of ``config`` (compiled at their first call)."""
     schedules = create_hparam_schedules(config)
-    nlw = config.model.neighbour_loss_weight
-    train = jax.jit(functools.partial(train_steps, hparam_schedules=schedules, neighbour_loss_weight=nlw),
-                    donate_argnums=(0,))
-    grads = jax.jit(functools.partial(compute_grads, neighbour_loss_weight=nlw))
+    loss = dict(neighbour_loss_weight=config.model.neighbour_loss_weight, objective=config.model.objective)
+    train = jax.jit(functools.partial(train_steps, hparam_schedules=schedules, **loss), donate_argnums=(0,))
+    grads = jax.jit(functools.partial(compute_grads, **loss))
     return Steps(train=train, grads=grads, hparam_schedules=schedules,
                  learning_rate=optim.create_learning_rate_schedule(config.optim, config.train.num_steps))

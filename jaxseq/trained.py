@@ -170,7 +170,7 @@ def restore(run: Run, mesh=None) -> "TrainedModel":
 # The data a run is bound to
 
 #: Settings that pick the training data: a resumed run must keep them (like the architecture).
-DATA_KEYS = ("data.records", "data.regions", "data.exclude", "data.aliases")
+DATA_KEYS = ("data.records", "data.regions", "data.exclude", "data.aliases", "data.dedup", "data.dedup_k")
 #: Of those, the ones naming a file whose content is bound too (an edited BED file at the same path).
 DATA_FILE_KEYS = ("data.regions", "data.exclude", "data.aliases")
 

@@ -136,13 +136,80 @@ def test_subtracting_shared_intervals_leaves_nothing_shared(planted, mode):
         assert before - after == (sum(i.end - i.start for i in shared[split]) if split in removed else 0)
 
 
-def test_subtract_intervals_cuts_exactly():
-    intervals = [Interval("a", 0, 100), Interval("b", 10, 20)]
-    remove = [Interval("a", 90, 120), Interval("a", 10, 20), Interval("a", 15, 30), Interval("b", 0, 5)]
-    assert audit.subtract_intervals(intervals, remove) == [
-        Interval("a", 0, 10), Interval("a", 30, 90), Interval("b", 10, 20)]
+def test_unknown_dedup_mode_is_refused():
     with pytest.raises(audit.AuditError, match="data.dedup"):
-        audit.dedup_splits({"train": intervals}, {}, "drop_all")
+        audit.dedup_splits({"train": [Interval("a", 0, 100)]}, {}, "drop_all")
+
+
+@pytest.fixture(scope="module")
+def planted_fasta(tmp_path_factory):
+    """A 6 kb FASTA with 200 bp copied (forward) into valid and 150 bp (reverse complement) into test,
+    and the config overrides that split it into 500 bp blocks (the copies land in different splits)."""
+    tmp = tmp_path_factory.mktemp("dedup")
+    rng = np.random.default_rng(11)
+    seq = rng.integers(0, 4, 6000)
+    seq[4000:4200] = seq[0:200]
+    seq[600:750] = (3 - seq[2100:2250])[::-1]
+    # Flanks that differ from the source's, so no copy extends by chance.
+    seq[4200] = (seq[200] + 1) % 4
+    seq[599], seq[750] = (4 - seq[2250]) % 4, (4 - seq[2099]) % 4
+    fasta = tmp / "g.fa"
+    fasta.write_text(">g\n" + "".join("ACGT"[b] for b in seq) + "\n")
+    return [f"data.fasta={fasta}", f"data.cache_dir={tmp / 'cache'}", "data.block_len=500", "data.window_len=64"]
+
+
+def _audit_config(overrides, k=20):
+    from jaxseq import steps
+
+    data = steps.open_data(load_config(None, overrides))
+    return data, audit.audit_splits(data.genome.as_mapping(), data.splits, k=k, window_len=64)
+
+
+@pytest.mark.parametrize("mode", ["drop_train", "drop_eval"])
+def test_dedup_config_audits_to_zero_shared(planted_fasta, mode):
+    data, before = _audit_config(planted_fasta + ["data.dedup_k=20"])
+    assert data.splits == audit.dedup_splits(data.splits, {}, "none")  # dedup off: the splits as computed
+    shared_before = sum(s["shared_kmers"] for s in before["splits"].values())
+    # Both planted copies straddle the boundary with split_seed 0: all their k-mers are shared, nothing else.
+    assert shared_before == (200 - 20 + 1) + (150 - 20 + 1)
+    assert before["train"]["shared_bases"] == 350
+    deduped, after = _audit_config(planted_fasta + ["data.dedup_k=20", f"data.dedup={mode}"])
+    assert [s["shared_kmers"] for s in after["splits"].values()] == [0, 0]
+    assert after["train"]["shared_bases"] == 0
+    size = {split: sum(i.end - i.start for i in iv) for split, iv in data.splits.items()}
+    size_after = {split: sum(i.end - i.start for i in iv) for split, iv in deduped.splits.items()}
+    eval_removed = sum(s["shared_bases"] for s in before["splits"].values())
+    assert size["train"] - size_after["train"] == (350 if mode == "drop_train" else 0)
+    assert sum(size[s] - size_after[s] for s in ("valid", "test")) == (eval_removed if mode == "drop_eval" else 0)
+
+
+def test_drop_train_windows_never_hold_a_shared_kmer(planted_fasta):
+    from jaxseq import steps
+
+    overrides = planted_fasta + ["data.dedup_k=20"]
+    plain = steps.open_data(load_config(None, overrides))
+    marks = audit.shared_kmer_marks(plain.genome.as_mapping(), plain.splits, 20)
+    config = load_config(None, overrides + ["data.dedup=drop_train", "data.augment=[identity]", "train.batch_size=64"])
+    data = steps.open_data(config)
+    # A forward train k-mer occurs in valid/test iff its start is marked; augmentation is off so windows are forward.
+    train_tokens = np.asarray(data.genome.as_mapping()["g"])
+    shared = {tuple(train_tokens[p:p + 20]) for p in np.flatnonzero(marks["g"])}
+    loader = steps.create_train_loader(config, data)
+    seen = 0
+    for _, batch in zip(range(40), loader):
+        for row in np.asarray(batch["tokens"]):
+            assert not any(tuple(row[i:i + 20]) in shared for i in range(64 - 20 + 1))
+            seen += 1
+    assert seen == 40 * 64 and len(shared) > 0
+
+
+def test_dedup_settings_are_checked_before_compute():
+    from jaxseq.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.dedup: unknown mode 'drop_trian'.*did you mean drop_train"):
+        load_config(None, ["data.dedup=drop_trian"])
+    with pytest.raises(ConfigError, match="data.dedup_k must be in 1..32"):
+        load_config(None, ["data.dedup_k=40"])
 
 
 def test_cli_prints_table_and_writes_json(tmp_path, capsys):
@@ -171,9 +238,41 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     (["--set", "data.window_len=16", "--k", "20"], "longer than data.window_len=16"),
     (["--set", "data.fasta=/nonexistent.fa"], "nonexistent.fa"),
     (["--top", "0"], "--top must be >= 1"),
+    (["--run", "/nonexistent-run"], "--run audits the run's own config; drop --config/--set"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
     code = audit.main(["audit", "--set", f"data.cache_dir={tmp_path}", *argv])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_cli_missing_run_is_one_line(tmp_path, capsys):
+    code = audit.main(["audit", "--run", str(tmp_path / "no-run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and "no-run" in err and "does not exist" in err and err.count("\n") == 1
+
+
+def test_accuracy_by_shared_splits_the_test_windows_exactly(planted_fasta):
+    from jaxseq import steps
+    from jaxseq.trained import TrainedModel
+
+    config = load_config(None, planted_fasta + ["model.name=autoencoder", "model.kernel_len=3", "model.latent_len=2",
+                                                "train.batch_size=8"])
+    data = steps.open_data(config)
+    marks = audit.shared_kmer_marks(data.genome.as_mapping(), data.splits, 20)
+    # Test is [500, 1000): tiles start at 500, 564, ..., 884; the reverse-complement copy [600, 750) has
+    # whole 20-mers in the tiles at 564, 628 and 692.
+    assert audit.windows_by_shared(marks, data.splits["test"], 20, 64) == {
+        "shared": [Interval("g", 564, 756)], "clean": [Interval("g", 500, 564), Interval("g", 756, 948)]}
+    model = TrainedModel.from_config(config, seed=0)
+    got = audit.accuracy_by_shared(model, "test", k=20)
+    whole = model.evaluate("test")
+    assert (got["shared"]["windows"], got["clean"]["windows"]) == (3, 4)
+    assert got["shared"]["n_bases"] + got["clean"]["n_bases"] == whole["n_bases"] == 7 * 64
+    mixed = (got["shared"]["accuracy"] * 3 + got["clean"]["accuracy"] * 4) / 7
+    assert mixed == pytest.approx(whole["accuracy"], abs=1e-12)
+    assert got["difference"] == pytest.approx(got["clean"]["accuracy"] - got["shared"]["accuracy"])
+    with pytest.raises(audit.AuditError, match="split must be one of valid, test"):
+        audit.accuracy_by_shared(model, "train", k=20)

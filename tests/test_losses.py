@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -166,3 +167,42 @@ def test_everything_jits_without_host_syncs():
     assert float(sums["count"]) == 3
     jaxpr = str(jax.make_jaxpr(lambda l, b: losses.metric_sums(l, b))(LOGITS, batch))
     assert "callback" not in jaxpr
+
+
+def test_bce_softmax_is_the_prototypes_loss_with_n_masked():
+    got = losses.reconstruction(LOGITS, batch_of(TOKENS), objective="bce_softmax")
+    # Per position: -mean over the 4 bases of y log p + (1 - y) log(1 - p).
+    row0 = -(math.log(1 / 4) + 3 * math.log(3 / 4)) / 4
+    row1 = -(math.log(5 / 8) + 3 * math.log(7 / 8)) / 4
+    row2 = -(math.log(1 / 11) + math.log(3 / 11) + 2 * math.log(10 / 11)) / 4  # target G, p(C) = 8 / 11
+    assert float(got) == pytest.approx((row0 + row1 + row2) / 3, rel=1e-5)
+    # Saturated wrong logits hit torch.nn.BCELoss's -100 floor instead of overflowing.
+    extreme = losses.bce_softmax(jnp.asarray([[[0.0, 1e4, 0.0, 0.0]]]), jnp.asarray([[A]], jnp.int8))
+    assert float(extreme[0, 0]) == pytest.approx((100 + 100) / 4, rel=1e-4)
+    # Evaluation metrics stay cross-entropy whatever the training objective.
+    sums = losses.metric_sums(LOGITS, batch_of(TOKENS))
+    assert float(sums["loss_sum"] / sums["count"]) == pytest.approx(float(losses.reconstruction(LOGITS, batch_of(TOKENS))))
+    with pytest.raises(ValueError, match="model.objective"):
+        losses.reconstruction(LOGITS, batch_of(TOKENS), objective="bce")
+
+
+def test_bce_softmax_reaches_the_train_step_and_is_checked_by_config():
+    from jaxseq import steps
+    from jaxseq.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.objective: unknown objective 'bce'"):
+        load_config(None, ["model.objective=bce"])
+    config = load_config(None, ["model.name=autoencoder", "model.latent_len=2", "model.kernel_len=3",
+                                "data.window_len=16", "model.objective=bce_softmax"])
+    state = steps.create_train_state(config)
+    tokens = np.random.default_rng(0).integers(0, 4, (8, 16)).astype(np.int8)
+    batch = {"tokens": tokens, "weights": np.ones(8, np.float32)}
+    hparams = {"input_dropout": jnp.float32(0.0), "latent_noise_std": jnp.float32(0.0)}
+    # One step of a tiny model; no dropout or noise, so the step's loss is a function of the batch.
+    step = jax.jit(functools.partial(steps.train_step, neighbour_loss_weight=0.0, objective=config.model.objective))
+    _, metrics = step(state, batch, jax.random.key(0), hparams)
+    (logits, _), _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, tokens, train=True,
+                                    mutable=["batch_stats"])
+    trained_on = float(metrics["loss_sum"] / metrics["count"])
+    assert trained_on == pytest.approx(float(losses.reconstruction(logits, batch, objective="bce_softmax")), rel=1e-5)
+    assert trained_on != pytest.approx(float(losses.reconstruction(logits, batch)), rel=1e-3)
