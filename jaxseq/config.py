@@ -416,10 +416,10 @@ def _check_data(d: DataConfig) -> None:
     if d.split not in splits.STRATEGIES:
         raise ConfigError(f"data.split: unknown strategy {d.split!r}{_close(d.split, splits.STRATEGIES)}; "
                           f"choose one of {', '.join(splits.STRATEGIES)}")
-    _owner_check("data.proportions", lambda: splits._check_proportions(d.proportions))
+    _owner_check("data.proportions", lambda: splits.check_proportions(d.proportions))
     if not 0.0 <= d.max_n_fraction <= 1.0:
         raise ConfigError(f"data.max_n_fraction must be in [0, 1], got {d.max_n_fraction}")
-    _owner_check("data.augment", lambda: loader._check_augment(d.augment))
+    _owner_check("data.augment", lambda: loader.check_augment(d.augment))
     _check_data_restrictions(d)
     if d.dedup not in audit.DEDUP_MODES:
         raise ConfigError(f"data.dedup: unknown mode {d.dedup!r}{_close(d.dedup, audit.DEDUP_MODES)}; "

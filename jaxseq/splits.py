@@ -163,7 +163,7 @@ def _split_by_blocks(
     if int(block_len) != block_len or block_len < 1:
         raise SplitError(f"block_len must be a positive integer, got {block_len!r}")
     block_len = int(block_len)
-    fractions = _check_proportions(proportions)
+    fractions = check_proportions(proportions)
 
     names = list(lengths)
     blocks_per_record = np.array([-(-int(lengths[n]) // block_len) for n in names], dtype=np.int64)
@@ -201,7 +201,7 @@ def _split_by_blocks(
     return splits
 
 
-def _check_proportions(proportions: Sequence[float]) -> np.ndarray:
+def check_proportions(proportions: Sequence[float]) -> np.ndarray:
     try:
         fractions = np.asarray(proportions, dtype=np.float64)
     except (TypeError, ValueError):

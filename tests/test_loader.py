@@ -11,12 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxseq import tokens as tok
+from jaxseq.windows import permute as _permute, valid_start_ranges as _valid_start_ranges
 from jaxseq.loader import (
     AUGMENTATIONS,
     LoaderError,
     TrainLoader,
-    _permute,
-    _valid_start_ranges,
     count_eval_windows,
     eval_batches,
 )
