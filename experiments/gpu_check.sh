@@ -12,7 +12,8 @@
 #   bash experiments/gpu_check.sh [OUT_DIR] [--fasta FILE]
 # --cpu runs the same stages in minutes at tiny sizes on the CPU (CI tests the script that way).
 # Writes into OUT_DIR (default experiments/out/gpu_check/): gpu_check.json (everything), gpu_check.txt
-# (the table), env.txt, tests.log, benchmarks.log, train.log.
+# (the table), env.txt, tests.log, benchmarks.log, train.log. The loader alone (benchmark_loader.py, one core)
+# is measured at the largest batch against the fastest step's demand.
 #
 # Options (mostly for --cpu and tests): --batches 200,2048,16384  --configs single,aemd
 #   --conv-impls flax,cpu  --dtypes float32,bfloat16  --train-seconds 120  --tests "FILES"  --steps N
@@ -57,13 +58,13 @@ fi
 if [ "$MODE" = cpu ]; then
   # Tiny sizes: the script itself is what is tested. Training stops by train.num_steps, not the clock.
   export JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES=""
-  TORCH_DEVICE=cpu; STEPS=${STEPS:-4}; REPEATS=1; BENCH_LIMIT=240; TEST_LIMIT=120
+  TORCH_DEVICE=cpu; STEPS=${STEPS:-4}; REPEATS=1; BENCH_LIMIT=240; TEST_LIMIT=120; LOADER_SECONDS=0.5
   BENCH_SET=(--set data.block_len=2000)  # small genomes (lambda phage) still get test blocks
   TRAIN_SET=(--set train.batch_size=16 --set train.num_steps=6 --set train.steps_per_call=2 --set optim.warmup_steps=2
              --set train.log_every=2 --set train.eval_every=1000 --set train.checkpoint_every=1000
              --set train.histogram_every=0 --set train.eval_max_windows=64 --set data.block_len=2000)
 else
-  TORCH_DEVICE=cuda; STEPS=${STEPS:-200}; REPEATS=2; BENCH_LIMIT=75; TEST_LIMIT=100
+  TORCH_DEVICE=cuda; STEPS=${STEPS:-200}; REPEATS=2; BENCH_LIMIT=75; TEST_LIMIT=100; LOADER_SECONDS=2
 fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -125,6 +126,11 @@ else
   echo "torch: not installed, baseline skipped" | tee -a "$OUT/benchmarks.log"
 fi
 
+# The loader alone (one core, all augmentations) at the largest batch: it must outrun the step's demand.
+LAST_B=${BATCHES##*,}
+stage loader "$BENCH_LIMIT" "$OUT/benchmarks.log" "$PY" experiments/benchmark_loader.py --skip cache,rss \
+  --batch-size "$LAST_B" --seconds "$LOADER_SECONDS" --out "$WORK/loader.json"
+
 # 4. aemd on E. coli end to end for TRAIN_SECONDS (SIGTERM: checkpoint saved, exit 143), then its test accuracy.
 stage train "$TRAIN_SECONDS" "$OUT/train.log" "$PY" -m jaxseq.train --config configs/multilayer_aemd.yaml \
   --workdir "$WORK/run" --set "data.fasta=$FASTA" "${TRAIN_SET[@]}"
@@ -152,6 +158,11 @@ for b in batches:
         for r in json.loads(torch_file.read_text())["rows"]:
             rows.append({"batch_size": int(b), "implementation": "torch", "setup": r["setup"],
                          "variant": f"{r['device']} {r['precision']} compute", "windows_per_sec": r["windows_per_sec"]})
+loader_file = work / "loader.json"
+loader = json.loads(loader_file.read_text())["throughput"] if loader_file.is_file() else []
+largest = max(map(int, batches))
+demand = max([r["windows_per_sec"] for r in rows if r["implementation"] == "jaxseq" and r["batch_size"] == largest
+              and r["variant"].endswith("compute")] or [0.0])
 run = work / "run"
 reports = sorted(run.glob("eval_test_deterministic_step*.json"), key=lambda p: int(p.stem.rsplit("step", 1)[1]))
 evaluation = json.loads(reports[-1].read_text()) if reports else None
@@ -162,6 +173,8 @@ train = {"exit_code": stages.get("train", {}).get("exit_code"),
          "test_accuracy": evaluation["accuracy"] if evaluation else None,
          "test_loss": evaluation["loss"] if evaluation else None, "step": evaluation["step"] if evaluation else None}
 summary = {"mode": mode, "environment": (out / "env.txt").read_text(), "stages": stages, "rows": rows,
+           "loader": {"batch_size": largest, "rows": loader, "step_demand_windows_per_sec": demand,
+                      "windows_per_sec": max([r["windows_per_sec"] for r in loader] or [0.0])},
            "train_aemd_ecoli": train,
            "ok": all(s["exit_code"] == 0 or (n == "train" and s["exit_code"] == 143) for n, s in stages.items())}
 (out / "gpu_check.json").write_text(json.dumps(summary, indent=2))
@@ -170,6 +183,8 @@ lines += [f"{n:14s} {s['exit_code']:4d} {s['seconds']:7d}" for n, s in stages.it
 lines += ["", f"{'batch':>6s}  {'setup':6s}  {'implementation':14s}  {'variant':26s}  {'windows/s':>12s}"]
 lines += [f"{r['batch_size']:6d}  {r['setup']:6s}  {r['implementation']:14s}  {r['variant']:26s}  "
           f"{r['windows_per_sec']:12,.0f}" for r in rows]
+lines += ["", f"loader (one core, batch {largest}): {summary['loader']['windows_per_sec']:,.0f} windows/s; "
+              f"fastest jaxseq step at that batch needs {demand:,.0f} windows/s"]
 acc = train["test_accuracy"]
 lines += ["", f"aemd on {mode}: step {train['step']}, test accuracy "
               f"{'n/a' if acc is None else f'{acc:.4f}'} (train exit {train['exit_code']})"]

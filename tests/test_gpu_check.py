@@ -34,7 +34,7 @@ def report(tmp_path_factory):
 def test_every_stage_runs_and_succeeds(report):
     out, result, _ = report
     has_torch = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
-    expected = {"tests", "jax_b8", "train", "evaluate"} | ({"torch_b8"} if has_torch else set())
+    expected = {"tests", "jax_b8", "loader", "train", "evaluate"} | ({"torch_b8"} if has_torch else set())
     assert set(result["stages"]) == expected
     assert result["ok"] and all(s["exit_code"] == 0 for s in result["stages"].values())
     assert result["mode"] == "cpu" and "jax" in result["environment"]
@@ -53,6 +53,10 @@ def test_rows_cover_both_conv_impls_and_the_torch_baseline(report):
         assert torch_rows == {"cpu float32 compute", "cpu bfloat16 compute"}
     for r in result["rows"]:
         assert f"{r['windows_per_sec']:12,.0f}" in table
+    loader = result["loader"]
+    assert loader["batch_size"] == 8 and [r["prefetch"] for r in loader["rows"]] == [0, 2]
+    assert loader["windows_per_sec"] > 0 and loader["step_demand_windows_per_sec"] > 0
+    assert f"loader (one core, batch 8): {loader['windows_per_sec']:,.0f} windows/s" in table
 
 
 def test_aemd_trains_and_its_test_accuracy_is_reported(report):
