@@ -104,6 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--xla-flags", default=None,
                         help="XLA_FLAGS for this run (set before jax is imported), e.g. "
                              "'--xla_cpu_multi_thread_eigen=false'")
+    parser.add_argument("--ceiling-size", type=int, default=2048,
+                        help="n of the n x n fp32 matmul whose FLOP/s is the ceiling (smaller: quicker, lower)")
     parser.add_argument("--skip-end-to-end", action="store_true", help="measure the compute-only rate only")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output path")
     return parser.parse_args(argv)
@@ -362,7 +364,7 @@ def main(argv=None) -> int:
     ceilings: list[float] = []
 
     def ceiling_now() -> float:
-        ceilings.append(measure_ceiling(jax, jnp, np))
+        ceilings.append(measure_ceiling(jax, jnp, np, n=args.ceiling_size))
         return max(ceilings)
 
     load_start = os.getloadavg()
@@ -396,7 +398,7 @@ def main(argv=None) -> int:
             "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
         },
     }
-    print(f"fp32 matmul ceiling (2048^2, best of run): {ceiling / 1e9:.1f} GFLOP/s "
+    print(f"fp32 matmul ceiling ({args.ceiling_size}^2, best of run): {ceiling / 1e9:.1f} GFLOP/s "
           f"(each: {', '.join(f'{c / 1e9:.0f}' for c in ceilings)}); load avg {load_start[0]:.1f} -> "
           f"{os.getloadavg()[0]:.1f}")
     for name, s in setups_out.items():

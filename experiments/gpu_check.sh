@@ -34,6 +34,7 @@ TESTS="tests/test_models.py tests/test_kernels.py tests/test_evaluate.py tests/t
 STEPS=""
 TRAIN_SET=()
 BENCH_SET=()
+BENCH_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) MODE=cpu ;;
@@ -59,6 +60,7 @@ if [ "$MODE" = cpu ]; then
   # Tiny sizes: the script itself is what is tested. Training stops by train.num_steps, not the clock.
   export JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES=""
   TORCH_DEVICE=cpu; STEPS=${STEPS:-4}; REPEATS=1; BENCH_LIMIT=240; TEST_LIMIT=120; LOADER_SECONDS=0.5
+  BENCH_ARGS=(--ceiling-size 256)
   BENCH_SET=(--set data.block_len=2000)  # small genomes (lambda phage) still get test blocks
   TRAIN_SET=(--set train.batch_size=16 --set train.num_steps=6 --set train.steps_per_call=2 --set optim.warmup_steps=2
              --set train.log_every=2 --set train.eval_every=1000 --set train.checkpoint_every=1000
@@ -110,7 +112,7 @@ stage tests "$TEST_LIMIT" "$OUT/tests.log" "$PY" -m pytest -q -x -p no:cacheprov
 for B in ${BATCHES//,/ }; do
   stage "jax_b$B" "$BENCH_LIMIT" "$OUT/benchmarks.log" "$PY" experiments/benchmark_train.py --configs "$CONFIGS" \
     --conv-impls "$CONV_IMPLS" --dtypes "$DTYPES" --steps "$STEPS" --repeats "$REPEATS" --fasta "$FASTA" \
-    --set "train.batch_size=$B" "${BENCH_SET[@]}" --out "$WORK/jax_b$B.json"
+    --set "train.batch_size=$B" "${BENCH_SET[@]}" "${BENCH_ARGS[@]}" --out "$WORK/jax_b$B.json"
 done
 
 # 3. The PyTorch baseline on the same batches (CUDA: cuDNN benchmark mode), float32 and autocast bf16.
