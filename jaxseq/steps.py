@@ -125,12 +125,12 @@ def create_hparam_schedules(config: Config) -> dict[str, Callable]:
 
 def _loss_fn(state: TrainState, batch, rng, hparams, neighbour_loss_weight: float):
     dropout_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, state.step))
-    rngs = {"dropout": dropout_rng, "noise": noise_rng}
 
     def loss_fn(params):
         (logits, latent), updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats}, batch["tokens"],
-            train=True, deterministic=False, hparams=hparams, rngs=rngs, mutable=["batch_stats"])
+            train=True, deterministic=False, hparams=hparams, rngs={"dropout": dropout_rng, "noise": noise_rng},
+            mutable=["batch_stats"])
         loss = losses.reconstruction(logits, batch, latent, neighbour_loss_weight)
         return loss, (logits, updates)
 
