@@ -326,7 +326,7 @@ def measure_setup(setup: str, args, thread_counts: list[int], spc_values: list) 
               "best_vs_best": best_jax["windows_per_sec"] / best_torch["windows_per_sec"],
               "defaults_are": f"jaxseq steps_per_call={jax_rows[0]['steps_per_call']}, "
                               f"torch {torch_rows[0]['threads']} threads",
-              "best_are": f"jaxseq steps_per_call={best_jax['steps_per_call']}, torch {_name(best_torch)}"}
+              "best_are": f"jaxseq steps_per_call={best_jax['steps_per_call']}, {_name(best_torch)}"}
     for r in rows:
         if r["mode"] == "compute":
             r["vs_best_torch"] = r["windows_per_sec"] / best_torch["windows_per_sec"]
