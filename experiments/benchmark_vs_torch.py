@@ -1,6 +1,6 @@
 """Training throughput of jaxseq against the PyTorch baseline, same config, same data, same batches.
 
-Two setups, both on E. coli K-12 (``/work/shared/data/ecoli_k12_mg1655.fa.gz`` by default, ``--fasta``):
+Two setups, both on E. coli K-12 (``../shared/data/ecoli_k12_mg1655.fa.gz`` from the repository root by default, ``--fasta``):
 
 * ``single``: the prototype's single-layer autoencoder, kernel 3, latent 6, window 40, batch 20;
 * ``aemd``: the multilayer "aemd" config, kernel 9, latent 200, window 64, hidden 24, pool 2, 1 block,
