@@ -36,7 +36,7 @@ Variants, all measured in one run (each row names its own): every ``model.conv_i
 ``--conv-impls`` (flax's layers or the hand-written CPU kernels of ``jaxseq/cpu_kernels.py``) times every
 ``train.compute_dtype`` of ``--dtypes``; and, for ``--loop-k``, each conv_impl in float32 with the K
 steps of a call forced into a ``lax.scan`` (``loop=scan``) or unrolled (``loop=unroll``) by setting
-``train.MAX_UNROLLED_STEPS`` before tracing (``loop=default`` is the library's own choice); those rows
+``steps.MAX_UNROLLED_STEPS`` before tracing (``loop=default`` is the library's own choice); those rows
 are compute-only.
 
 Run::
@@ -104,6 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--xla-flags", default=None,
                         help="XLA_FLAGS for this run (set before jax is imported), e.g. "
                              "'--xla_cpu_multi_thread_eigen=false'")
+    parser.add_argument("--ceiling-size", type=int, default=2048,
+                        help="n of the n x n fp32 matmul whose FLOP/s is the ceiling (smaller: quicker, lower)")
     parser.add_argument("--skip-end-to-end", action="store_true", help="measure the compute-only rate only")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output path")
     return parser.parse_args(argv)
@@ -182,13 +184,13 @@ class Setup:
         import numpy as np
 
         from jaxseq import config as config_lib
-        from jaxseq import parallel, train
+        from jaxseq import parallel, steps, train
 
         self.name, self.k = name, k
         self.variant = variant = dict(variant or {})
         loop = variant.get("loop", "default")
         # train_steps reads MAX_UNROLLED_STEPS when it is traced: in warm_up, for this jit object only.
-        self.max_unrolled = {"default": train.MAX_UNROLLED_STEPS, "scan": 0, "unroll": k}[loop]
+        self.max_unrolled = {"default": steps.MAX_UNROLLED_STEPS, "scan": 0, "unroll": k}[loop]
         overrides = SETUPS[name] + [f"data.fasta={args.fasta}", "data.block_len=10000",
                                     f"train.steps_per_call={k}"] + list(args.overrides)
         overrides += [f"model.conv_impl={variant.get('conv_impl', 'auto')}",
@@ -206,7 +208,7 @@ class Setup:
         self.train_fn = jax.jit(functools.partial(train.train_steps, hparam_schedules=schedules,
                                                   neighbour_loss_weight=nlw), donate_argnums=0)
         self.rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
-        self._train, self._parallel, self._jax, self._np = train, parallel, jax, np
+        self._train, self._steps, self._parallel, self._jax, self._np = train, steps, parallel, jax, np
 
         # FLOPs: XLA's count of one step, XLA's raw count of the K-step call, and the analytic count.
         one = self.next_device_batches(1)
@@ -236,12 +238,13 @@ class Setup:
 
     @contextlib.contextmanager
     def loop_mode(self):
-        """``train.MAX_UNROLLED_STEPS`` as this variant's loop needs it, while tracing."""
-        default, self._train.MAX_UNROLLED_STEPS = self._train.MAX_UNROLLED_STEPS, self.max_unrolled
+        """``steps.MAX_UNROLLED_STEPS`` as this variant's loop needs it, while tracing (``train`` re-exports
+        the name, but ``steps.train_steps`` reads its own module's global)."""
+        default, self._steps.MAX_UNROLLED_STEPS = self._steps.MAX_UNROLLED_STEPS, self.max_unrolled
         try:
             yield
         finally:
-            self._train.MAX_UNROLLED_STEPS = default
+            self._steps.MAX_UNROLLED_STEPS = default
 
     def warm_up(self) -> None:
         with self.loop_mode():
@@ -361,7 +364,7 @@ def main(argv=None) -> int:
     ceilings: list[float] = []
 
     def ceiling_now() -> float:
-        ceilings.append(measure_ceiling(jax, jnp, np))
+        ceilings.append(measure_ceiling(jax, jnp, np, n=args.ceiling_size))
         return max(ceilings)
 
     load_start = os.getloadavg()
@@ -395,7 +398,7 @@ def main(argv=None) -> int:
             "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
         },
     }
-    print(f"fp32 matmul ceiling (2048^2, best of run): {ceiling / 1e9:.1f} GFLOP/s "
+    print(f"fp32 matmul ceiling ({args.ceiling_size}^2, best of run): {ceiling / 1e9:.1f} GFLOP/s "
           f"(each: {', '.join(f'{c / 1e9:.0f}' for c in ceilings)}); load avg {load_start[0]:.1f} -> "
           f"{os.getloadavg()[0]:.1f}")
     for name, s in setups_out.items():

@@ -1,6 +1,6 @@
 """Training throughput of jaxseq against the PyTorch baseline, same config, same data, same batches.
 
-Two setups, both on E. coli K-12 (``/work/shared/data/ecoli_k12_mg1655.fa.gz`` by default, ``--fasta``):
+Two setups, both on E. coli K-12 (``../shared/data/ecoli_k12_mg1655.fa.gz`` from the repository root by default, ``--fasta``):
 
 * ``single``: the prototype's single-layer autoencoder, kernel 3, latent 6, window 40, batch 20;
 * ``aemd``: the multilayer "aemd" config, kernel 9, latent 200, window 64, hidden 24, pool 2, 1 block,
@@ -26,6 +26,19 @@ loader's first batches:
   seed, so the same windows), metric sums accumulated, ``torch.set_num_threads(T)``. Run twice: with
   ``T = os.cpu_count()`` (the baseline's default) and with ``T = 1``, because on a shared or busy machine
   intra-op threads that wait for each other can make eager PyTorch many times slower.
+
+End to end (``--end-to-end``, on by default): the training commands themselves, ``python -m jaxseq.train``
+and ``python -m experiments.torch_baseline --threads T``, each a subprocess on the setup's config file
+(``configs/autoencoder.yaml``, ``configs/multilayer_aemd.yaml``: aemd with Adam, dropout and noise) for
+``--e2e-steps-*`` steps, logging every twelfth of the run, evaluation (the whole validation split) and
+checkpoints at the config's own cadence (every 2,000 steps for aemd, 5,000 for single: the defaults run past
+one of each). Their own ``perf/windows_per_sec`` (TensorBoard) is read back; the first interval (start-up,
+compilation) is dropped and the rest combined as windows over seconds: loader, evaluation and checkpoints
+included in their real proportion, as a user sees it.
+
+The torch worker runs on ``--torch-device`` (cpu, or cuda in cuDNN benchmark mode) at each of
+``--torch-precisions`` (float32, bfloat16 = ``torch.autocast``); ``--implementations torch`` measures the
+baseline alone (``experiments/gpu_check.sh`` does, at batch sizes set with ``--set train.batch_size=N``).
 
 windows/s = timed steps x batch size / seconds; each worker times ``--repeats`` consecutive blocks of
 ``--steps`` steps and reports their median (all blocks are kept in the JSON). Ratios: jaxseq's
@@ -55,6 +68,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "experiments" / "out" / "benchmark_vs_torch.json"
 DEFAULT_FASTA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ecoli_k12_mg1655.fa.gz"
+# End to end: the training commands on the configs users run (aemd with Adam, dropout and noise).
+E2E_CONFIGS = {"single": "configs/autoencoder.yaml", "aemd": "configs/multilayer_aemd.yaml"}
 
 COMMON = ["optim.optimizer=sgd", "optim.schedule=constant", "optim.learning_rate=0.1", "train.seed=0"]
 SETUPS = {
@@ -146,17 +161,17 @@ def worker_jax(setup: str, fasta: str, steps: int, warmup: int, repeats: int, ex
 
 
 def worker_torch(setup: str, fasta: str, steps: int, warmup: int, repeats: int, extra: list[str],
-                 threads: int) -> dict:
+                 threads: int, device: str = "cpu", precision: str = "float32") -> dict:
     import torch
 
     from experiments.torch_baseline import train as tb
     from experiments.torch_baseline.models import create_model
     from jaxseq import steps as jt
 
-    torch.set_num_threads(threads)
+    dev = tb.setup_device(device, threads)
     config = _config(setup, fasta, warmup + steps * repeats, extra)
     torch.manual_seed(config.train.seed)
-    model = create_model(config).train()
+    model = create_model(config).to(dev).train()
     optimizer, scheduler, _ = tb.create_optimizer(model, config)
     tables = tb.create_hparam_tables(config)
     data = jt.open_data(config)
@@ -169,15 +184,16 @@ def worker_torch(setup: str, fasta: str, steps: int, warmup: int, repeats: int, 
         pending = None
         for _ in range(n_steps):
             hparams = {name: float(table[step]) for name, table in tables.items()}
-            sums, _ = tb.train_step(model, optimizer, scheduler, tb.to_torch(next(loader)), hparams,
-                                    neighbour_loss_weight=nlw, grad_clip_norm=clip)
+            sums, _ = tb.train_step(model, optimizer, scheduler, tb.to_torch(next(loader), dev), hparams,
+                                    neighbour_loss_weight=nlw, grad_clip_norm=clip, precision=precision)
             pending = sums if pending is None else {key: pending[key] + sums[key] for key in sums}
             step += 1
-        return {key: float(v) for key, v in pending.items()}
+        return {key: float(v) for key, v in pending.items()}  # float() waits for the device
 
     warmup_seconds, seconds, sums = _time_runs(run, warmup, steps, repeats)
     loader.close()
-    return {"implementation": "torch", "threads": threads, "steps": steps, "warmup_steps": warmup,
+    return {"implementation": "torch", "threads": threads, "device": device, "precision": precision,
+            "steps": steps, "warmup_steps": warmup,
             "seconds": seconds, "warmup_seconds": warmup_seconds, "batch_size": config.train.batch_size,
             "final_train_loss": sums["loss_sum"] / max(sums["count"], 1.0), "torch": torch.__version__}
 
@@ -186,7 +202,8 @@ def worker_torch(setup: str, fasta: str, steps: int, warmup: int, repeats: int, 
 # Driver
 
 
-def run_worker(kind: str, setup: str, args, threads: int | None = None, steps_per_call: int | None = None) -> dict:
+def run_worker(kind: str, setup: str, args, threads: int | None = None, steps_per_call: int | None = None,
+               precision: str | None = None) -> dict:
     steps = args.steps_single if setup == "single" else args.steps_aemd
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--setups", setup, "--fasta", str(args.fasta),
            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--steps-single", str(steps),
@@ -197,6 +214,8 @@ def run_worker(kind: str, setup: str, args, threads: int | None = None, steps_pe
         cmd += ["--threads", str(threads)]
     if steps_per_call is not None:
         cmd += ["--steps-per-call", str(steps_per_call)]
+    if kind == "torch":
+        cmd += ["--torch-device", args.torch_device, "--torch-precisions", precision or "float32"]
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
@@ -212,19 +231,68 @@ def run_worker(kind: str, setup: str, args, threads: int | None = None, steps_pe
     return result
 
 
+def run_end_to_end(kind: str, setup: str, args, threads: int | None = None) -> dict:
+    """``python -m jaxseq.train`` (kind ``jax``) or the baseline's CLI (``torch``) on the setup's config file.
+
+    Returns:
+      a row: ``windows_per_sec`` (median of the logged rates after the first interval), each logged
+      rate, the final test accuracy, the process's wall seconds and load averages.
+    """
+    import tempfile
+
+    from jaxseq import summary
+
+    steps = args.e2e_steps_single if setup == "single" else args.e2e_steps_aemd
+    every = max(1, steps // 12)  # logging only: evaluation and checkpoints keep the config's cadence
+    overrides = [f"data.fasta={args.fasta}", f"train.num_steps={steps}", f"train.log_every={every}", *args.overrides]
+    with tempfile.TemporaryDirectory(prefix=f"e2e-{kind}-") as tmp:
+        module = "jaxseq.train" if kind == "jax" else "experiments.torch_baseline"
+        cmd = [sys.executable, "-m", module, "--config", str(REPO / E2E_CONFIGS[setup]), "--workdir", tmp]
+        cmd += [a for o in overrides for a in ("--set", o)]
+        if kind == "torch":
+            cmd += ["--threads", str(threads), "--device", args.torch_device]
+        load_before, t0 = os.getloadavg()[0], time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+        if proc.returncode != 0:
+            raise RuntimeError(f"end-to-end {kind} {setup} failed:\n{proc.stderr[-3000:]}")
+        rates = [value for _, _, value in summary.read_scalars(Path(tmp) / "tensorboard", "perf/windows_per_sec")]
+        final = json.loads((Path(tmp) / "final_metrics.json").read_text())
+    row = {"implementation": "jaxseq" if kind == "jax" else "torch", "mode": "end_to_end", "steps": steps,
+           "log_every": every, "windows_per_sec_each": rates,
+           # windows over seconds after the first interval (equal intervals: the harmonic mean of their rates)
+           "windows_per_sec": statistics.harmonic_mean(rates[1:] or rates),
+           "test_accuracy": final["test_accuracy"], "process_seconds": time.perf_counter() - t0,
+           "load_average_before": load_before, "load_average_after": os.getloadavg()[0], "command": cmd}
+    if kind == "torch":
+        row.update(threads=threads, device=args.torch_device, precision="float32")
+    return row
+
+
 def _name(r: dict) -> str:
+    if r.get("mode") == "end_to_end":
+        what = "python -m jaxseq.train" if r["implementation"] == "jaxseq" else (
+            f"torch CLI, {r['threads']} thread{'s' * (r['threads'] > 1)}")
+        return f"end to end: {what}"
     if r["implementation"] == "jaxseq":
         if r["steps_per_call"] == "step":
             return "jaxseq (jit(train_step), no scan)"
         return f"jaxseq (steps_per_call {r['steps_per_call']})"
-    return f"torch ({r['threads']} thread{'s' * (r['threads'] > 1)})"
+    where = f"{r['threads']} thread{'s' * (r['threads'] > 1)}" if r.get("device", "cpu") == "cpu" else r["device"]
+    return f"torch ({where}{', bf16 autocast' if r.get('precision') == 'bfloat16' else ''})"
 
 
 def format_table(rows: list[dict]) -> str:
     headers = ["setup", "implementation", "windows/s", "ms/step", "steps x repeats", "÷ best torch", "load avg"]
+    def ms_per_step(r):
+        return 1000.0 * r.get("batch_size", 0) / r["windows_per_sec"] if "seconds" not in r else (
+            1000.0 * statistics.median(r["seconds"]) / r["steps"])
+
     table = [[r["setup"], _name(r), f"{r['windows_per_sec']:,.0f}",
-              f"{1000.0 * statistics.median(r['seconds']) / r['steps']:.2f}", f"{r['steps']} x {len(r['seconds'])}",
-              f"{r['vs_best_torch']:.2f}x", f"{r['load_average_before']:.1f}"] for r in rows]
+              f"{ms_per_step(r):.2f}" if "seconds" in r else "-",
+              f"{r['steps']} x {len(r['seconds'])}" if "seconds" in r else f"{r['steps']} (1 run)",
+              f"{r['vs_best_torch']:.2f}x" if "vs_best_torch" in r else "-", f"{r['load_average_before']:.1f}"]
+             for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in table]
@@ -232,8 +300,46 @@ def format_table(rows: list[dict]) -> str:
 
 
 def format_ratios(setup: str, ratio: dict) -> str:
-    return (f"{setup}: jaxseq / torch = {ratio['defaults']:.2f}x at defaults ({ratio['defaults_are']}), "
+    text = (f"{setup}: jaxseq / torch = {ratio['defaults']:.2f}x at defaults ({ratio['defaults_are']}), "
             f"{ratio['best_vs_best']:.2f}x best vs best ({ratio['best_are']})")
+    if "end_to_end" in ratio:
+        text += f"; end to end {ratio['end_to_end']:.2f}x ({ratio['end_to_end_are']})"
+    return text
+
+
+def measure_setup(setup: str, args, thread_counts: list[int], spc_values: list) -> tuple[list[dict], dict]:
+    """Every worker of one setup (compute-only, then end to end), rows tagged, and the ratios of this run."""
+    impls = args.implementations.split(",")
+    precisions = [p for p in args.torch_precisions.split(",") if p]
+    jax_rows = [run_worker("jax", setup, args, steps_per_call=n) for n in spc_values] if "jax" in impls else []
+    torch_rows = [run_worker("torch", setup, args, threads=n, precision=p)
+                  for n in (thread_counts if args.torch_device == "cpu" else thread_counts[:1]) for p in precisions
+                  ] if "torch" in impls else []
+    e2e_jax = [run_end_to_end("jax", setup, args)] if args.end_to_end and jax_rows else []
+    e2e_torch = ([run_end_to_end("torch", setup, args, threads=n) for n in thread_counts]
+                 if args.end_to_end and torch_rows and args.torch_device == "cpu" else [])
+    rows = [{"setup": setup, "mode": "compute", **r} for r in jax_rows + torch_rows]
+    rows += [{"setup": setup, **r} for r in e2e_jax + e2e_torch]
+    if not (jax_rows and torch_rows):
+        return rows, {}
+    best_jax = max(jax_rows, key=lambda r: r["windows_per_sec"])
+    best_torch = max(torch_rows, key=lambda r: r["windows_per_sec"])
+    ratios = {"defaults": jax_rows[0]["windows_per_sec"] / torch_rows[0]["windows_per_sec"],
+              "best_vs_best": best_jax["windows_per_sec"] / best_torch["windows_per_sec"],
+              "defaults_are": f"jaxseq steps_per_call={jax_rows[0]['steps_per_call']}, "
+                              f"torch {torch_rows[0]['threads']} threads",
+              "best_are": f"jaxseq steps_per_call={best_jax['steps_per_call']}, {_name(best_torch)}"}
+    for r in rows:
+        if r["mode"] == "compute":
+            r["vs_best_torch"] = r["windows_per_sec"] / best_torch["windows_per_sec"]
+    if e2e_jax and e2e_torch:
+        best_e2e = max(e2e_torch, key=lambda r: r["windows_per_sec"])
+        ratios["end_to_end"] = e2e_jax[0]["windows_per_sec"] / best_e2e["windows_per_sec"]
+        ratios["end_to_end_are"] = f"python -m jaxseq.train over the best torch CLI ({best_e2e['threads']} thread(s))"
+        for r in rows:
+            if r["mode"] == "end_to_end":
+                r["vs_best_torch"] = r["windows_per_sec"] / best_e2e["windows_per_sec"]
+    return rows, ratios
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jax-steps-per-call", default="config,1,step",
                         help="jaxseq variants, comma-separated: steps_per_call values ('config' = the config's) "
                              "or 'step' (jit(train_step) per batch, no lax.scan)")
+    parser.add_argument("--implementations", default="jax,torch", help="comma-separated: jax, torch")
+    parser.add_argument("--torch-device", default="cpu", help="cpu or cuda (cuDNN benchmark mode)")
+    parser.add_argument("--torch-precisions", default="float32",
+                        help="comma-separated: float32, bfloat16 (torch.autocast)")
+    parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the training commands themselves (see the module docstring)")
+    parser.add_argument("--e2e-steps-single", type=int, default=6_000, help="end-to-end run length, single")
+    parser.add_argument("--e2e-steps-aemd", type=int, default=2_400, help="end-to-end run length, aemd")
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--steps-per-call", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -268,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             result = worker_jax(setup, args.fasta, steps, args.warmup, args.repeats, args.overrides,
                                 args.steps_per_call)
         else:
-            result = worker_torch(setup, args.fasta, steps, args.warmup, args.repeats, args.overrides, args.threads)
+            result = worker_torch(setup, args.fasta, steps, args.warmup, args.repeats, args.overrides, args.threads,
+                                  args.torch_device, args.torch_precisions)
         print(json.dumps(result))
         return 0
 
@@ -288,24 +403,15 @@ def main(argv: list[str] | None = None) -> int:
             spc_values.append(n)
     rows, ratios = [], {}
     for setup in setups:
-        jax_rows = [{"setup": setup, **run_worker("jax", setup, args, steps_per_call=n)} for n in spc_values]
-        torch_rows = [{"setup": setup, **run_worker("torch", setup, args, threads=n)} for n in thread_counts]
-        best_jax = max(jax_rows, key=lambda r: r["windows_per_sec"])
-        best_torch = max(torch_rows, key=lambda r: r["windows_per_sec"])
-        ratios[setup] = {"defaults": jax_rows[0]["windows_per_sec"] / torch_rows[0]["windows_per_sec"],
-                         "best_vs_best": best_jax["windows_per_sec"] / best_torch["windows_per_sec"],
-                         "defaults_are": f"jaxseq steps_per_call={jax_rows[0]['steps_per_call']}, "
-                                         f"torch {torch_rows[0]['threads']} threads",
-                         "best_are": f"jaxseq steps_per_call={best_jax['steps_per_call']}, "
-                                     f"torch {best_torch['threads']} thread(s)"}
-        for r in jax_rows + torch_rows:
-            r["vs_best_torch"] = r["windows_per_sec"] / best_torch["windows_per_sec"]
-        rows += jax_rows + torch_rows
-        print(format_table([r for r in rows if r["setup"] == setup]), flush=True)
-        print(format_ratios(setup, ratios[setup]) + "\n", flush=True)
+        setup_rows, ratios[setup] = measure_setup(setup, args, thread_counts, spc_values)
+        rows += setup_rows
+        print(format_table(setup_rows), flush=True)
+        if ratios[setup]:
+            print(format_ratios(setup, ratios[setup]) + "\n", flush=True)
     print(format_table(rows))
     for setup in setups:
-        print(format_ratios(setup, ratios[setup]))
+        if ratios[setup]:
+            print(format_ratios(setup, ratios[setup]))
 
     result = {
         "description": "training windows/s, same config/data/batches; median of timed blocks after warm-up; "
@@ -315,7 +421,13 @@ def main(argv: list[str] | None = None) -> int:
                       "batches from create_train_loader stacked + shard_batch, metric sums accumulated on device; "
                       "block_until_ready at the end of each timed block; compile and first calls in the warm-up",
             "torch": "experiments.torch_baseline.train.train_step per batch from the same loader, eager PyTorch, "
-                     "torch.set_num_threads(T) for each T in --torch-threads",
+                     "torch.set_num_threads(T) for each T in --torch-threads, on --torch-device at each of "
+                     "--torch-precisions",
+            "end_to_end": "python -m jaxseq.train / python -m experiments.torch_baseline on configs/autoencoder.yaml "
+                          "or configs/multilayer_aemd.yaml, logging every twelfth of the run, evaluation and "
+                          "checkpoints at the config's cadence; harmonic mean of their own perf/windows_per_sec "
+                          "after the first interval; vs_best_torch against the best "
+                          "torch CLI row",
             "variants": "jaxseq with each --jax-steps-per-call value ('step': jax.jit(train_step) once per batch, "
                         "no lax.scan, hparams from a host table; not what jaxseq.train runs today), torch with each "
                         "--torch-threads value; the first of each is the implementation's default",

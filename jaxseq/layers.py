@@ -293,6 +293,43 @@ def pool(x: jax.Array, size: int, kind: str) -> jax.Array:
     return out if kind == "max" else out / size
 
 
+def keep_mask(key: jax.Array, keep: jax.Array | float, shape: tuple[int, ...]) -> jax.Array:
+    """Bernoulli(``keep``) booleans drawn from 16 random bits per element.
+
+    ``jax.random.bernoulli`` spends 32 threefry bits on each element; half of them serve: on XLA:CPU
+    the masks of aemd's hidden dropout cost half as much (measured ~6.1 -> 3.3 CPU ms per (200, 32, 96)
+    mask). ``keep`` is rounded to a multiple of 2^-16 (error below 8e-6); 0 keeps nothing, 1 everything.
+
+    Args:
+      key: a PRNG key.
+      keep: probability of True, float scalar in ``[0, 1]`` (may be traced).
+      shape: the mask's shape.
+
+    Returns:
+      bool array of ``shape``.
+    """
+    n = math.prod(shape)
+    bits = jax.random.bits(key, ((n + 1) // 2,), jnp.uint32)
+    uniform16 = jnp.concatenate([bits & 0xFFFF, bits >> 16])[:n].reshape(shape)
+    return uniform16 < jnp.round(jnp.asarray(keep, jnp.float32) * 65536.0).astype(jnp.uint32)
+
+
+class Dropout(nn.Module):
+    """``flax.linen.Dropout`` (kept values scaled by ``1 / (1 - rate)``) with masks from :func:`keep_mask`."""
+
+    rate: float
+    deterministic: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Args: x: float array, any shape. Returns: same shape and dtype; uses the ``"dropout"`` rng."""
+        if self.deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = keep_mask(self.make_rng("dropout"), keep, x.shape)
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
 class SeqDropout(nn.Module):
     """Input position dropout: replaces whole positions by MASK (train only).
 
@@ -315,7 +352,7 @@ class SeqDropout(nn.Module):
         """
         if deterministic or rate is None:
             return tokens
-        dropped = jax.random.bernoulli(self.make_rng("dropout"), rate, tokens.shape)
+        dropped = ~keep_mask(self.make_rng("dropout"), 1.0 - rate, tokens.shape)
         return jnp.where(dropped, jnp.asarray(tok.MASK, tokens.dtype), tokens)
 
 

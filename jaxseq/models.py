@@ -46,7 +46,7 @@ import numpy as np
 
 from jaxseq import layers
 from jaxseq import tokens as tok
-from jaxseq.layers import GaussianNoise, SeqDropout, embed, hparam
+from jaxseq.layers import Dropout, GaussianNoise, SeqDropout, embed, hparam
 
 __all__ = ["MODELS", "Autoencoder", "DilatedAutoencoder", "MultilayerAutoencoder", "create_model"]
 
@@ -234,7 +234,7 @@ class MultilayerAutoencoder(nn.Module):
                 x = nn.relu(conv(n_out, k, c_in, padding=((pad, pad),), name=f"enc_conv_{i}{j}")(x))
             x = layers.pool(x, self.pool_size, self.pool)
             x = layers.batch_norm(train, impl=self.conv_impl, name=f"enc_norm_{i}")(x)
-            x = nn.Dropout(self.hidden_dropout, deterministic=deterministic)(x)
+            x = Dropout(self.hidden_dropout, deterministic=deterministic)(x)
         channels = sizes[-1]
         # Channels-first flatten so the dense weights line up with PyTorch's .view(B, -1).
         x = jnp.transpose(x, (0, 2, 1)).reshape(batch, channels * self.linear_size)
@@ -333,7 +333,7 @@ class DilatedAutoencoder(nn.Module):
         deterministic = (not train) if deterministic is None else deterministic
         conv, conv_t, dense = _factories(self)
         k, hidden = self.kernel_len, self.hidden_len
-        dropout = nn.Dropout(self.hidden_dropout, deterministic=deterministic)
+        dropout = Dropout(self.hidden_dropout, deterministic=deterministic)
 
         def block(h, name, dilation):
             y = dropout(nn.relu(conv(hidden, k, hidden, padding="SAME", dilation=dilation, name=name)(h)))

@@ -107,7 +107,7 @@ class _Loop:
         if not count:
             return
         self.skipped_total += count
-        what = "loss" if sums["nonfinite_loss"] else "gradients or updated parameters"
+        what = "loss" if sums["nonfinite_loss"] else "gradients"
         first = int(sums["first_bad_step"]) + 1
         if self.skipped_total > self.t.skip_nonfinite:
             raise NonFiniteError(

@@ -249,3 +249,24 @@ def test_bfloat16_trains_to_float32_accuracy(trained, batches):
     # Same checkpoint layout (tree, shapes, dtypes) as a float32 run.
     layout = lambda s: jax.tree.map(lambda a: (a.shape, a.dtype), (s.step, s.params, s.batch_stats, s.opt_state))
     assert layout(state) == layout(trained["flax"][1])
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.03, 0.5, 0.95, 1.0])
+def test_keep_mask_has_bernoulli_statistics(keep):
+    # 16 bits per element (layers.keep_mask): the mean is keep to sampling error, odd sizes included.
+    mask = np.asarray(jax.jit(layers.keep_mask, static_argnums=2)(jax.random.key(0), keep, (7, 301, 97)))
+    assert mask.shape == (7, 301, 97) and mask.dtype == bool
+    assert abs(mask.mean() - keep) <= 5 * np.sqrt(keep * (1 - keep) / mask.size) + 1e-5
+    if 0.0 < keep < 1.0:  # elements i and i + n/2 share a 32-bit word: they agree only as often as chance says
+        flat = mask.ravel()
+        half = (flat.size + 1) // 2
+        agree = (flat[:flat.size - half] == flat[half:]).mean()
+        assert abs(agree - (keep ** 2 + (1 - keep) ** 2)) < 0.01
+
+
+def test_dropout_scales_kept_values_and_is_off_when_deterministic():
+    x = jnp.ones((64, 128), jnp.float32)
+    y = np.asarray(layers.Dropout(0.25).apply({}, x, rngs={"dropout": jax.random.key(1)}))
+    assert set(np.unique(y)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((y == 0).mean() - 0.25) < 0.02
+    np.testing.assert_array_equal(layers.Dropout(0.25, deterministic=True).apply({}, x), x)

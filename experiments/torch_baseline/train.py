@@ -24,6 +24,13 @@ Known differences from jaxseq (none changes the function being learned):
   gradients and updated parameters are not checked separately;
 * ``train.steps_per_call`` and ``train.devices`` mean nothing here (eager PyTorch, one process).
 
+Devices (``--device cpu|cuda``, ``--precision float32|bfloat16``): on CUDA, cuDNN benchmark mode is on
+(``torch.backends.cudnn.benchmark``: the fastest convolution algorithm for the fixed shapes is chosen
+once) and ``bfloat16`` runs the forward pass under ``torch.autocast`` (convolutions and linear layers in
+bf16, parameters, optimiser state and the loss in float32, as jaxseq's ``train.compute_dtype``).
+Metric sums stay on the device between log intervals; the non-finite check reads the loss on the
+host every step (one sync per step, the baseline's semantics).
+
 This package imports jaxseq (numpy side and the schedule functions), never the reverse.
 """
 
@@ -128,10 +135,39 @@ def metric_sums(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], loss: t
     return {"loss_sum": loss_sum, "correct": correct, "count": count}
 
 
-def to_torch(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """A loader batch (numpy ``tokens`` int8 ``(B, L)``, ``weights`` float32 ``(B,)``) as tensors (no copy)."""
-    return {"tokens": torch.from_numpy(np.ascontiguousarray(batch["tokens"])),
-            "weights": torch.from_numpy(np.ascontiguousarray(batch["weights"], dtype=np.float32))}
+def to_torch(batch: Mapping[str, np.ndarray], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A loader batch (numpy ``tokens`` int8 ``(B, L)``, ``weights`` float32 ``(B,)``) as tensors on ``device``.
+
+    On the CPU no copy is made; on CUDA the copy is asynchronous.
+    """
+    out = {"tokens": torch.from_numpy(np.ascontiguousarray(batch["tokens"])),
+           "weights": torch.from_numpy(np.ascontiguousarray(batch["weights"], dtype=np.float32))}
+    return out if str(device) == "cpu" else {k: v.to(device, non_blocking=True) for k, v in out.items()}
+
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def setup_device(device: str, threads: int | None = None) -> torch.device:
+    """Checks and prepares ``device`` (``cpu`` or ``cuda``): thread count on the CPU, cuDNN benchmark mode on CUDA.
+
+    Raises:
+      ConfigError: ``cuda`` without a CUDA device, or an unknown device.
+    """
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: this PyTorch sees no CUDA device")
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.backends.cudnn.benchmark = device == "cuda"
+    return torch.device(device)
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward pass's precision context: ``torch.autocast`` to bfloat16, or nothing for float32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,7 +221,8 @@ def create_hparam_tables(config: Config) -> dict[str, np.ndarray]:
 
 
 def train_step(model, optimizer, scheduler, batch: Mapping[str, torch.Tensor], hparams: Mapping[str, float], *,
-               neighbour_loss_weight: float = 0.0, grad_clip_norm: float = 0.0) -> tuple[dict, bool]:
+               neighbour_loss_weight: float = 0.0, grad_clip_norm: float = 0.0,
+               precision: str = "float32") -> tuple[dict, bool]:
     """One optimisation step (model in train mode).
 
     Args:
@@ -194,11 +231,16 @@ def train_step(model, optimizer, scheduler, batch: Mapping[str, torch.Tensor], h
       hparams: ``input_dropout``, ``latent_noise_std`` floats for this step.
       neighbour_loss_weight: the prototype's neighbour-loss mix.
       grad_clip_norm: clip gradients to this global norm; 0 = off.
+      precision: ``float32``, or ``bfloat16`` (forward under ``torch.autocast``; the loss in float32).
 
     Returns:
-      ``(metric sums, finite)``; a non-finite loss applies no update (the schedule still advances).
+      ``(metric sums, finite)``: float32 scalar tensors on the batch's device; a non-finite loss applies
+      no update (the schedule still advances).
     """
-    logits, latent = model(batch["tokens"], hparams.get("input_dropout", 0.0), hparams.get("latent_noise_std", 0.0))
+    with autocast(batch["tokens"].device, precision):
+        logits, latent = model(batch["tokens"], hparams.get("input_dropout", 0.0),
+                               hparams.get("latent_noise_std", 0.0))
+    logits, latent = logits.float(), latent.float()
     loss = reconstruction(logits, batch, latent, neighbour_loss_weight)
     optimizer.zero_grad(set_to_none=True)
     finite = bool(torch.isfinite(loss))
@@ -209,19 +251,20 @@ def train_step(model, optimizer, scheduler, batch: Mapping[str, torch.Tensor], h
         optimizer.step()
         sums = metric_sums(logits, batch, loss)
     else:
-        sums = {"loss_sum": torch.zeros(()), "correct": torch.zeros(()), "count": torch.zeros(())}
+        sums = {key: torch.zeros((), device=loss.device) for key in ("loss_sum", "correct", "count")}
     scheduler.step()
     return sums, finite
 
 
 @torch.no_grad()
 def evaluate_sums(model, batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float] | None:
-    """Metric sums over batches in eval mode (running BatchNorm statistics, no dropout, no noise)."""
+    """Metric sums over batches in eval mode (running BatchNorm statistics, no dropout, no noise), float32."""
     was_training = model.training
     model.eval()
     total = None
+    device = next(model.parameters()).device
     for batch in batches:
-        tb = to_torch(batch)
+        tb = to_torch(batch, device)
         logits, _ = model(tb["tokens"])
         sums = {k: float(v) for k, v in metric_sums(logits, tb).items()}
         total = sums if total is None else {k: total[k] + sums[k] for k in total}
@@ -234,9 +277,9 @@ def format_examples(model, batch: Mapping[str, np.ndarray], count: int, names: l
     """Reconstruction examples of a batch's first windows, formatted by jaxseq's evaluator (``eval/examples``)."""
     was_training = model.training
     model.eval()
-    logits, _ = model(to_torch(batch)["tokens"])
+    logits, _ = model(to_torch(batch, next(model.parameters()).device)["tokens"])
     model.train(was_training)
-    probs = torch.softmax(logits, -1).numpy()
+    probs = torch.softmax(logits, -1).cpu().numpy()
     window_len = batch["tokens"].shape[1]
     return "\n\n".join(
         format_example({"window": i, "record": names[int(batch["record"][i])], "start": int(batch["start"][i]),
@@ -254,23 +297,27 @@ def _save(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
-def train_and_evaluate(config: Config, workdir: str | Path, *, threads: int | None = None) -> dict:
+def train_and_evaluate(config: Config, workdir: str | Path, *, threads: int | None = None, device: str = "cpu",
+                       precision: str = "float32") -> dict:
     """Trains the baseline (resuming from ``workdir/model.pt`` if present), evaluates, saves.
 
     Args:
       config: a validated jaxseq config (``model.name`` autoencoder or multilayer).
       workdir: the run directory.
       threads: torch intra-op threads; None: ``os.cpu_count()``.
+      device: ``cpu`` or ``cuda`` (cuDNN benchmark mode).
+      precision: ``float32`` or ``bfloat16`` (``torch.autocast`` forward).
 
     Returns:
       Final metrics with the keys of :func:`jaxseq.train.train_and_evaluate`: ``step``, ``valid_loss``,
       ``valid_accuracy``, ``test_loss``, ``test_accuracy``, ``test_bases``, ``windows_per_sec``.
     """
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    dev = setup_device(device, threads)
+    autocast(dev, precision)  # checks the name before anything is written
     workdir = Path(workdir).absolute()
     t = config.train
     torch.manual_seed(t.seed)
-    model = create_model(config)  # before any file is written: a model the baseline lacks fails here
+    model = create_model(config).to(dev)  # before any file is written: a model the baseline lacks fails here
     data = jaxseq_steps.open_data(config)
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -280,7 +327,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, threads: int | No
     step = 0
     checkpoint_path = workdir / CHECKPOINT
     if checkpoint_path.is_file():
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        saved = torch.load(checkpoint_path, map_location=dev, weights_only=False)
         changed = config_lib.architecture_changes(config_lib.from_dict(saved["config"]), config)
         if changed:
             raise ConfigError(f"cannot resume {workdir}: settings that define the model changed: {'; '.join(changed)}")
@@ -288,7 +335,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, threads: int | No
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         loader.load_state_dict(saved["loader"])
-        torch.set_rng_state(saved["rng"])
+        torch.set_rng_state(saved["rng"].cpu())
         step = int(saved["step"])
     config_lib.save_config(config, workdir / "config.yaml")
     writer = summary.create_writer(workdir)
@@ -315,8 +362,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, threads: int | No
     try:
         while step < t.num_steps:
             hparams = {name: float(table[min(step, last)]) for name, table in hparam_tables.items()}
-            sums, finite = train_step(model, optimizer, scheduler, to_torch(next(loader)), hparams,
-                                      neighbour_loss_weight=nlw, grad_clip_norm=clip)
+            sums, finite = train_step(model, optimizer, scheduler, to_torch(next(loader), dev), hparams,
+                                      neighbour_loss_weight=nlw, grad_clip_norm=clip, precision=precision)
             if not finite:
                 skipped += 1
                 if skipped > t.skip_nonfinite:
@@ -343,10 +390,10 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, threads: int | No
             if due(step, t.histogram_every):
                 for name, p in model.named_parameters():
                     writer.add_histogram(f"params/{name.removeprefix('layers.').replace('.', '/')}",
-                                         p.detach().numpy().ravel(), step)
+                                         p.detach().cpu().numpy().ravel(), step)
                     if p.grad is not None:
                         writer.add_histogram(f"grads/{name.removeprefix('layers.').replace('.', '/')}",
-                                             p.grad.numpy().ravel(), step)
+                                             p.grad.cpu().numpy().ravel(), step)
 
             if due(step, t.eval_every) or step == t.num_steps:
                 sums = evaluate_sums(model, open_evaluator(config, "valid", data=data,
@@ -396,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config value, e.g. --set train.num_steps=500 (repeatable)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: os.cpu_count())")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda (cuDNN benchmark mode)")
+    parser.add_argument("--precision", default="float32",
+                        help="float32 (default) or bfloat16 (torch.autocast forward; parameters stay float32)")
     return parser
 
 
@@ -406,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = workdir / "config.yaml"
         path = args.config if args.config is not None or not saved.is_file() else saved
         config = config_lib.load_config(path, args.overrides)
-        result = train_and_evaluate(config, workdir, threads=args.threads)
+        result = train_and_evaluate(config, workdir, threads=args.threads, device=args.device,
+                                    precision=args.precision)
     except (ConfigError, NonFiniteError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
