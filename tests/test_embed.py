@@ -15,22 +15,14 @@ from jaxseq.genome import Genome, default_fasta
 from jaxseq.regions import Region, read_bed
 
 W = 16
-SMALL = ["model.name=multilayer", "model.kernel_len=3", "model.latent_len=5", "model.hidden_len=4",
-         "model.n_linear=1", f"data.window_len={W}", "train.batch_size=8", "train.num_steps=2", "train.log_every=2",
-         "train.eval_every=2", "train.checkpoint_every=2", "train.histogram_every=0", "train.steps_per_call=2",
-         "train.examples=0", "train.eval_max_windows=16"]
 # A genome with a record shorter than a window, N bases and a record to tile at both ends.
 SMALL_FASTA = ">long desc\n" + "ACGTTGCA" * 10 + "NNNNNNNN" + "GATTACA" * 6 + "\n>tiny\nACGTACGTAC\n"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A 2-step multilayer run on the bundled lambda phage genome (latent: 5 floats per window)."""
-    from jaxseq import train
-
-    root = tmp_path_factory.mktemp("embed")
-    train.train_and_evaluate(load_config(None, SMALL + [f"data.cache_dir={root / 'cache'}"]), root / "run")
-    return root / "run"
+def run(tiny_run):
+    """The session's 2-step multilayer run on the bundled lambda phage (tests/conftest.py), latent 5 floats."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

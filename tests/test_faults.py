@@ -81,7 +81,10 @@ class Proc:
         self.out = shared / f"proc{Proc.count}.out"
         self.err = shared / f"proc{Proc.count}.err"
         path = os.pathsep.join(filter(None, [str(shared / "no-torch"), os.environ.get("PYTHONPATH")]))
-        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(shared / "xla-cache"),
+        # The session's compilation cache (tests/conftest.py), where the in-process runs of the same model
+        # left their programs too.
+        cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(shared / "xla-cache")
+        env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONPATH=path)
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.popen = subprocess.Popen([sys.executable, "-m", "jaxseq.train", *args], stdout=out, stderr=err,

@@ -14,20 +14,12 @@ from jaxseq import tokens as tok
 from jaxseq.config import load_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SMALL = ["model.name=multilayer", "model.kernel_len=3", "model.latent_len=5", "model.hidden_len=4",
-         "model.n_linear=1", "data.window_len=16", "train.batch_size=8", "train.num_steps=2", "train.log_every=2",
-         "train.eval_every=2", "train.checkpoint_every=2", "train.histogram_every=0", "train.steps_per_call=2",
-         "train.examples=0", "train.eval_max_windows=16"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A 2-step multilayer run (batch norm: running statistics differ from their initial values)."""
-    root = tmp_path_factory.mktemp("trained")
-    from jaxseq import train
-
-    train.train_and_evaluate(load_config(None, SMALL + [f"data.cache_dir={root / 'cache'}"]), root / "run")
-    return root / "run"
+def run(tiny_run):
+    """The session's 2-step multilayer run (tests/conftest.py): batch norm running statistics have moved."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
