@@ -34,7 +34,7 @@ SMALL = ["model.name=autoencoder", "model.kernel_len=3", "model.latent_len=6", "
          "train.batch_size=8", "train.steps_per_call=2", "train.log_every=2", "train.eval_every=1000",
          "train.histogram_every=0", "train.examples=0"]
 KILL_STEPS = 40  # length of the reference run and of the runs killed at random moments
-KILLS = 20
+KILLS = 12
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
@@ -224,12 +224,13 @@ def _kill_at(proc: Proc, run: Path, moment: str, rng: random.Random) -> tuple[fl
     return time.monotonic() - proc.started, moment == "checkpoint write" and bool(tmp_entries(run))
 
 
-def test_sigkill_at_20_random_moments_then_resume_is_bit_identical(shared, reference):
-    """20 SIGKILLs (start-up, mid-training, mid-checkpoint-write), each followed by a resume; the runs
+def test_sigkill_at_12_random_moments_then_resume_is_bit_identical(shared, reference):
+    """12 SIGKILLs (start-up, mid-training, mid-checkpoint-write), each followed by a resume; the runs
     that reach the end match the uninterrupted reference exactly (state and loader position)."""
     _, want, want_loader, _ = restore(reference, KILL_STEPS)
     rng = random.Random(20251125)  # fixed: the same moments are chosen every time
-    plan = ["startup"] * 5 + ["checkpoint write"] * 8 + ["training"] * 7
+    # Most kills aim at checkpoint writes, the moment that can corrupt state; each kill is a process start.
+    plan = ["startup"] * 1 + ["checkpoint write"] * 8 + ["training"] * 3
     rng.shuffle(plan)
     overrides = sets(shared, f"train.num_steps={KILL_STEPS}", "train.checkpoint_every=2")
     kills, finished, run = [], [], None
