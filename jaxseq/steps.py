@@ -177,7 +177,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
     loss_ok = jnp.isfinite(loss)
-    grads_ok = jnp.isfinite(optax.global_norm(grads))
+    grads_ok = jnp.isfinite(optax.tree.norm(grads))
     ok = loss_ok & grads_ok
     skipped = state.replace(step=state.step + 1)
     new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, skipped)
