@@ -31,7 +31,7 @@ from pathlib import Path
 
 import jax
 
-from jaxseq import checkpoint, train
+from jaxseq import checkpoint, steps
 from jaxseq.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def seconds(fn) -> float:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     config = load_config(args.config)
-    state = train.create_train_state(config)
+    state = steps.create_train_state(config)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     times: dict[str, list[float]] = {"verified": [], "unverified": [], "verify only": [], "manifest write": []}
     with tempfile.TemporaryDirectory() as tmp:

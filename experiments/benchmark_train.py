@@ -9,10 +9,10 @@ Two setups from the 2020 prototype, trained on E. coli K-12 MG1655 (``../shared/
   2 linear, batch 200, Adam, input dropout 0.03, hidden dropout 0.05, latent noise 0.2 (like
   ``configs/multilayer_aemd.yaml``).
 
-Everything is jaxseq's real code: ``config.load_config(None, overrides)``, ``train.create_train_state``,
-``jax.jit(functools.partial(train.train_steps, ...), donate_argnums=0)`` and batches from
-``train.open_data`` + ``train.create_train_loader``, placed with ``parallel.shard_batch`` as
-``python -m jaxseq.train`` does. Two rates per setup, after warm-up:
+Everything is jaxseq's real code: ``config.load_config(None, overrides)``, ``steps.create_train_state``,
+the training loop's own jitted function ``steps.build(config).train`` (K steps in one ``lax.scan``) and
+batches from ``steps.open_data`` + ``steps.create_train_loader``, stacked with ``steps.stack_batches`` and
+placed with ``parallel.shard_batch`` as ``python -m jaxseq.train`` does. Two rates per setup, after warm-up:
 
 * ``compute``: a few pre-generated stacks of real batches already on the device, cycled (the step alone);
 * ``end_to_end``: the training loop's own path each call: K batches from the loader (prefetch
@@ -22,7 +22,7 @@ Everything is jaxseq's real code: ``config.load_config(None, overrides)``, ``tra
 FLOPs per step are counted two ways: ``analytic`` (the model's convolution and dense layers, forward
 multiply-adds x 2, times 3 for forward + backward; elementwise work, BatchNorm, pooling and the
 optimiser are not counted) and ``xla`` (``compiled.cost_analysis()["flops"]`` of one scan body,
-i.e. ``train.train_step`` with the schedules' hparams, jitted alone: XLA counts a ``scan`` body once,
+i.e. ``steps.train_step`` with the schedules' hparams, jitted alone: XLA counts a ``scan`` body once,
 not K times, so the K-step call's raw figure is reported separately and is ~one step's). The ``xla``
 count includes work the implementation adds (elementwise ops, the optimiser, and the block-Toeplitz
 matmuls of few-channel convolutions in ``cpu_kernels.py``, which do ~1.8x the multiply-adds of the
@@ -34,15 +34,12 @@ ratio when other jobs come and go); the load average is recorded.
 
 Variants, all measured in one run (each row names its own): every ``model.conv_impl`` of
 ``--conv-impls`` (flax's layers or the hand-written CPU kernels of ``jaxseq/cpu_kernels.py``) times every
-``train.compute_dtype`` of ``--dtypes``; and, for ``--loop-k``, each conv_impl in float32 with the K
-steps of a call forced into a ``lax.scan`` (``loop=scan``) or unrolled (``loop=unroll``) by setting
-``steps.MAX_UNROLLED_STEPS`` before tracing (``loop=default`` is the library's own choice); those rows
-are compute-only.
+``train.compute_dtype`` of ``--dtypes``.
 
 Run::
 
     python experiments/benchmark_train.py [--configs single,aemd] [--steps N] [--steps-per-call K]
-        [--conv-impls flax,cpu] [--dtypes float32,bfloat16] [--loop-k 4,16]
+        [--conv-impls flax,cpu] [--dtypes float32,bfloat16]
         [--sweep-k single=1,10,30,1000 --sweep-k aemd=1,20] [--repeats 3] [--xla-flags=...]
         [--out experiments/out/benchmark_train.json]
 """
@@ -50,8 +47,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import os
 import platform
@@ -95,8 +90,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--conv-impls", default="flax,cpu", help="model.conv_impl values to measure (comma-separated)")
     parser.add_argument("--dtypes", default="float32,bfloat16",
                         help="train.compute_dtype values to measure (comma-separated)")
-    parser.add_argument("--loop-k", default="",
-                        help="K values at which to measure scan against unroll for each conv_impl, e.g. 4,16")
     parser.add_argument("--repeats", type=int, default=3, help="timed segments per measurement (best is kept)")
     parser.add_argument("--fasta", default=str(DEFAULT_FASTA), help="genome to train on")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -180,17 +173,13 @@ class Setup:
 
     def __init__(self, name: str, args, k: int, variant: dict[str, str] | None = None):
         import jax
-        import jax.numpy as jnp
         import numpy as np
 
         from jaxseq import config as config_lib
-        from jaxseq import parallel, steps, train
+        from jaxseq import parallel, steps
 
         self.name, self.k = name, k
         self.variant = variant = dict(variant or {})
-        loop = variant.get("loop", "default")
-        # train_steps reads MAX_UNROLLED_STEPS when it is traced: in warm_up, for this jit object only.
-        self.max_unrolled = {"default": steps.MAX_UNROLLED_STEPS, "scan": 0, "unroll": k}[loop]
         overrides = SETUPS[name] + [f"data.fasta={args.fasta}", "data.block_len=10000",
                                     f"train.steps_per_call={k}"] + list(args.overrides)
         overrides += [f"model.conv_impl={variant.get('conv_impl', 'auto')}",
@@ -199,29 +188,20 @@ class Setup:
         self.config = cfg = config_lib.load_config(None, overrides)
         self.batch_size, self.window_len = cfg.train.batch_size, cfg.data.window_len
         self.mesh = parallel.create_mesh(cfg.train.devices)
-        self.data = train.open_data(cfg)
-        self.loader = train.create_train_loader(cfg, self.data)
-        self.model = train.create_model(cfg)
-        self.state = train.create_train_state(cfg, self.mesh)
-        schedules = train.create_hparam_schedules(cfg)
-        nlw = cfg.model.neighbour_loss_weight
-        self.train_fn = jax.jit(functools.partial(train.train_steps, hparam_schedules=schedules,
-                                                  neighbour_loss_weight=nlw), donate_argnums=0)
+        self.data = steps.open_data(cfg)
+        self.loader = steps.create_train_loader(cfg, self.data)
+        self.model = steps.create_model(cfg)
+        self.state = steps.create_train_state(cfg, self.mesh)
+        self.train_fn = steps.build(cfg).train  # the training loop's own jitted function
         self.rng = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
-        self._train, self._steps, self._parallel, self._jax, self._np = train, steps, parallel, jax, np
+        self._steps, self._parallel, self._jax, self._np = steps, parallel, jax, np
 
-        # FLOPs: XLA's count of one step, XLA's raw count of the K-step call, and the analytic count.
-        one = self.next_device_batches(1)
-        single = {key: value[0] for key, value in one.items()}
-
-        def one_step(state, batch, rng):  # train_steps' scan body, alone
-            hparams = {key: jnp.asarray(fn(state.step), jnp.float32) for key, fn in schedules.items()}
-            return train.train_step(state, batch, rng, hparams, nlw)
-
-        self.xla_flops_per_step = _cost_flops(jax.jit(one_step).lower(self.state, single, self.rng).compile())
+        # FLOPs: XLA's count of one step (a call of K = 1: XLA counts a scan body once), XLA's raw count
+        # of the K-step call, and the analytic count.
+        self.xla_flops_per_step = _cost_flops(self.train_fn.lower(self.state, self.next_device_batches(1),
+                                                                  self.rng).compile())
         start = time.perf_counter()
-        with self.loop_mode():
-            compiled = self.train_fn.lower(self.state, self.next_device_batches(k), self.rng).compile()
+        compiled = self.train_fn.lower(self.state, self.next_device_batches(k), self.rng).compile()
         self.compile_seconds = time.perf_counter() - start
         self.xla_flops_per_call_raw = _cost_flops(compiled)
         self.analytic_layers = analytic_flops_per_window(self.model, self.window_len)
@@ -230,32 +210,20 @@ class Setup:
 
     def next_host_batches(self, k: int) -> dict:
         """K loader batches stacked ``(K, B, ...)``, as the training loop does."""
-        batches = [next(self.loader) for _ in range(k)]
-        return {key: self._np.stack([b[key] for b in batches]) for key in ("tokens", "weights")}
+        return self._steps.stack_batches([next(self.loader) for _ in range(k)])
 
     def next_device_batches(self, k: int) -> dict:
         return self._parallel.shard_batch(self.next_host_batches(k), self.mesh, leading_axes=1)
 
-    @contextlib.contextmanager
-    def loop_mode(self):
-        """``steps.MAX_UNROLLED_STEPS`` as this variant's loop needs it, while tracing (``train`` re-exports
-        the name, but ``steps.train_steps`` reads its own module's global)."""
-        default, self._steps.MAX_UNROLLED_STEPS = self._steps.MAX_UNROLLED_STEPS, self.max_unrolled
-        try:
-            yield
-        finally:
-            self._steps.MAX_UNROLLED_STEPS = default
-
     def warm_up(self) -> None:
-        with self.loop_mode():
-            self.state, metrics = self.train_fn(self.state, self.next_device_batches(self.k), self.rng)
+        self.state, metrics = self.train_fn(self.state, self.next_device_batches(self.k), self.rng)
         self._jax.block_until_ready(metrics)
 
     def time_compute(self, calls: int, distinct: int = 4) -> float:
         """Seconds for ``calls`` calls on pre-generated device batches (cycled)."""
         stacks = [self.next_device_batches(self.k) for _ in range(min(distinct, calls))]
         self._jax.block_until_ready(stacks)
-        add = self._train.add_metrics
+        add = self._steps.add_metrics
         pending = None
         start = time.perf_counter()
         for i in range(calls):
@@ -266,7 +234,7 @@ class Setup:
 
     def time_end_to_end(self, calls: int) -> float:
         """Seconds for ``calls`` calls, each drawing K batches from the loader and copying them in."""
-        add = self._train.add_metrics
+        add = self._steps.add_metrics
         pending = None
         start = time.perf_counter()
         for _ in range(calls):
@@ -292,7 +260,6 @@ def rate_record(setup: Setup, mode: str, k: int, steps: int, seconds: list[float
     return {
         "setup": setup.name, "mode": mode, "steps_per_call": k, "steps": steps,
         "conv_impl": setup.model.conv_impl, "dtype": setup.config.train.compute_dtype,
-        "loop": setup.variant.get("loop", "default"), "max_unrolled_steps": setup.max_unrolled,
         "seconds": seconds, "windows_per_sec": windows / best, "windows_per_sec_median": windows / median,
         "steps_per_sec": steps / best, "gflops_analytic": analytic / 1e9, "gflops_xla": xla / 1e9,
         "percent_of_ceiling": 100 * analytic / ceiling, "percent_of_ceiling_xla": 100 * xla / ceiling,
@@ -305,9 +272,6 @@ def variants(args) -> list[tuple[int | None, dict]]:
     impls = [v.strip() for v in args.conv_impls.split(",") if v.strip()]
     dtypes = [v.strip() for v in args.dtypes.split(",") if v.strip()]
     out = [(None, {"conv_impl": impl, "dtype": dtype}) for impl in impls for dtype in dtypes]
-    for k in (int(v) for v in args.loop_k.split(",") if v.strip()):
-        out += [(k, {"conv_impl": impl, "dtype": "float32", "loop": loop}) for impl in impls
-                for loop in ("scan", "unroll")]
     return out
 
 
@@ -315,9 +279,7 @@ def measure(setup: Setup, steps: int, args, ceiling_now, ceilings: list[float]) 
     """Warm-up, then ``args.repeats`` timed segments of each mode with a ceiling after each round."""
     calls = max(1, -(-steps // setup.k))
     setup.warm_up()
-    # Scan against unroll is a property of the step: compute-only.
-    compute_only = args.skip_end_to_end or "loop" in setup.variant
-    modes = [("compute", setup.time_compute)] + ([] if compute_only else [("end_to_end", setup.time_end_to_end)])
+    modes = [("compute", setup.time_compute)] + ([] if args.skip_end_to_end else [("end_to_end", setup.time_end_to_end)])
     timings = {mode: [] for mode, _ in modes}
     first = len(ceilings)
     for _ in range(args.repeats):
@@ -377,7 +339,7 @@ def main(argv=None) -> int:
         todo += [(k, {}) for k in sweeps.get(name, []) if k != k_default]
         for k, variant in todo:
             setup = Setup(name, args, k, variant)
-            key = "/".join([name, f"K{k}"] + [variant[v] for v in ("conv_impl", "dtype", "loop") if v in variant])
+            key = "/".join([name, f"K{k}"] + [variant[v] for v in ("conv_impl", "dtype") if v in variant])
             setups_out[key] = describe(setup)
             records += measure(setup, steps, args, ceiling_now, ceilings)
             setup.close()
@@ -405,13 +367,13 @@ def main(argv=None) -> int:
         print(f"{name}: {s['parameters']:,} params; per step: analytic {s['analytic_flops_per_step'] / 1e6:.2f} "
               f"MFLOP, XLA {s['xla_flops_per_step'] / 1e6:.2f} MFLOP "
               f"(K-step call raw {s['xla_flops_per_call_raw'] / 1e6:.2f})")
-    header = (f"{'setup':8s} {'impl':4s} {'dtype':8s} {'loop':7s} {'mode':11s} {'K':>5s} {'windows/s':>11s} "
+    header = (f"{'setup':8s} {'impl':4s} {'dtype':8s} {'mode':11s} {'K':>5s} {'windows/s':>11s} "
               f"{'(median)':>10s} {'steps/s':>9s} {'GFLOP/s':>8s} {'% ceil':>7s} {'local ceil':>10s} {'% local':>8s} "
               f"{'XLA GF/s':>9s}")
     print(header)
     print("-" * len(header))
     for r in records:
-        print(f"{r['setup']:8s} {r['conv_impl']:4s} {r['dtype']:8s} {r['loop']:7s} {r['mode']:11s} "
+        print(f"{r['setup']:8s} {r['conv_impl']:4s} {r['dtype']:8s} {r['mode']:11s} "
               f"{r['steps_per_call']:5d} {r['windows_per_sec']:11,.0f} {r['windows_per_sec_median']:10,.0f} "
               f"{r['steps_per_sec']:9,.0f} {r['gflops_analytic']:8.1f} "
               f"{r['percent_of_ceiling']:6.1f}% {r['local_ceiling_gflops']:10.0f} "

@@ -107,7 +107,7 @@ class TrainConfig:
     batch_size: int = 128
     num_steps: int = 3_000
     seed: int = 0
-    steps_per_call: int = 4  # steps per jitted call: amortises dispatch (<= 4 unrolled, more scanned; see train_steps)
+    steps_per_call: int = 4  # steps per jitted call (one lax.scan): amortises dispatch; see steps.train_steps
     log_every: int = 100
     eval_every: int = 1_000
     eval_max_windows: int = 0  # 0: the whole validation split

@@ -79,7 +79,9 @@ def resolve_conv_impl(impl: str) -> str:
 
     Args:
       impl: one of :data:`CONV_IMPLS`; ``"auto"`` means ``"cpu"`` on the CPU backend, ``"flax"``
-        elsewhere (GPUs: cuDNN).
+        elsewhere (GPUs: cuDNN). ``"flax"`` on CPU is correct but slow to train: XLA:CPU runs its
+        convolution gradients inside the scanned train step ~15x slower (aemd: 553 vs 9,470
+        windows/s at K=4, experiments/RESULTS.md "Scan or unroll"; jax-ml/jax#12868).
 
     Returns:
       ``"flax"`` or ``"cpu"``.

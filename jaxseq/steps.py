@@ -189,19 +189,16 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     return new_state, metrics
 
 
-#: Up to this many steps per call are unrolled in Python instead of scanned (see :func:`train_steps`).
-MAX_UNROLLED_STEPS = 4
-
-
 def train_steps(state: TrainState, batches: Mapping[str, jax.Array], rng: jax.Array, *,
                 hparam_schedules: Mapping[str, Callable], neighbour_loss_weight: float = 0.0,
                 objective: str = "ce") -> tuple[TrainState, dict]:
-    """Several train steps in one call, so per-call dispatch is amortised.
+    """K train steps in one call (a ``lax.scan``), so per-call dispatch is amortised.
 
-    Up to :data:`MAX_UNROLLED_STEPS` steps are unrolled; more are a ``lax.scan``. XLA:CPU runs
-    convolution gradients inside a while loop many times slower than outside one (jax-ml/jax#12868:
-    the aemd model takes ~380 ms per step in a scan, ~17 ms unrolled), while small models need long
-    sequences of steps per call to hide dispatch, which only a scan compiles quickly.
+    Always a scan, whatever K: compile time does not grow with K. On CPU the convolutions are the
+    hand-written kernels (``model.conv_impl: auto``), which run as fast inside the scan as unrolled
+    (aemd at K=4 and 10, single layer at K=4 and 10: equal within noise; experiments/RESULTS.md,
+    "Scan or unroll"). flax's own convolutions on CPU are the exception (their gradients are slow in a
+    while loop, jax-ml/jax#12868), which is why ``auto`` never picks them there.
 
     Args:
       state: the train state.
@@ -217,13 +214,6 @@ def train_steps(state: TrainState, batches: Mapping[str, jax.Array], rng: jax.Ar
         hparams = {name: jnp.asarray(fn(state.step), jnp.float32) for name, fn in hparam_schedules.items()}
         return train_step(state, batch, rng, hparams, neighbour_loss_weight, objective)
 
-    num_steps = batches["tokens"].shape[0]
-    if num_steps <= MAX_UNROLLED_STEPS:
-        metrics = None
-        for i in range(num_steps):
-            state, step_metrics = body(state, jax.tree.map(lambda x: x[i], batches))
-            metrics = add_metrics(metrics, step_metrics)
-        return state, metrics
     state, stacked = jax.lax.scan(body, state, batches)
     metrics = {k: (v.min(0) if k == "first_bad_step" else v.sum(0)) for k, v in stacked.items()}
     return state, metrics

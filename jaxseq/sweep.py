@@ -71,7 +71,7 @@ from jaxseq import launch, summary
 from jaxseq import run as rundir
 from jaxseq.checkpoint import CheckpointError
 from jaxseq.config import Config, ConfigError
-from jaxseq.train import TrainingInterrupted
+from jaxseq.run import TrainingInterrupted
 
 SWEEP_KEYS = ("base", "description", "set", "grid", "runs", "evaluate", "target_run")
 EVAL_MODES = ("deterministic", "stochastic")

@@ -57,10 +57,6 @@ from jaxseq import config as config_lib
 from jaxseq import run as rundir
 from jaxseq.config import Config, ConfigError
 from jaxseq.run import NonFiniteError, RunDirectoryError, TrainingInterrupted
-# Re-exported: tests, benchmarks and the PyTorch baseline reach these through ``jaxseq.train``.
-from jaxseq.steps import (MAX_UNROLLED_STEPS, Data, TrainState, add_metrics, compute_grads,  # noqa: F401
-                          create_hparam_schedules, create_model, create_train_loader, create_train_state,
-                          open_data, train_step, train_steps)
 
 
 class _Loop:
@@ -141,8 +137,8 @@ class _Loop:
             self.bar.bar_format = None
             self.bar.last_print_t, self.bar.last_print_n = time.time(), self.bar.n
         self.step += k
-        self.pending = add_metrics(self.pending, metrics)
-        self.bad = add_metrics(self.bad, {key: metrics[key] for key in ("nonfinite_loss", "nonfinite_grads",
+        self.pending = steps.add_metrics(self.pending, metrics)
+        self.bad = steps.add_metrics(self.bad, {key: metrics[key] for key in ("nonfinite_loss", "nonfinite_grads",
                                                                           "first_bad_step")})
         self.bar.update(k)
         return host
@@ -255,9 +251,9 @@ def _open_inputs(config: Config, workdir: Path, require_checkpoint: bool):
     from jaxseq.splits import SplitError
 
     try:
-        data = open_data(config)
+        data = steps.open_data(config)
         # The loader rejects data with no usable window (all N, ...): built before touching the run directory.
-        loader = create_train_loader(config, data)
+        loader = steps.create_train_loader(config, data)
     except (SplitError, LoaderError) as err:  # name the file, as genome errors do
         raise type(err)(f"{config.data.fasta or 'the bundled lambda phage genome'}: {err}") from None
     if require_checkpoint and not checkpoint.committed_steps(workdir):
@@ -363,6 +359,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, *, require_checkpoin
             what = ("training from step 0" if meta is None else f"resuming at step {start_step}"
                     if start_step < config.train.num_steps else f"already trained to step {start_step}; evaluating")
             print(f"run directory: {workdir} ({what})", flush=True)
+            if config.model.conv_impl == "flax" and jax.default_backend() == "cpu":
+                print("note: model.conv_impl=flax on CPU trains ~15x slower than auto/cpu (flax's convolution "
+                      "gradients inside the scanned step, jax-ml/jax#12868)", flush=True)
         loop = _Loop(config, workdir, mesh, data, loader, manager, writer, stop, state, meta)
         loop.train()
         return loop.final()

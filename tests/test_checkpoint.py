@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxseq import checkpoint, train
+from jaxseq import checkpoint, steps
 from jaxseq.config import load_config
 
 SMALL = ["model.name=autoencoder", "model.kernel_len=3", "model.latent_len=6", "data.window_len=40"]
@@ -25,7 +25,7 @@ def saved(tmp_path_factory) -> tuple[Path, object, dict]:
     """A run directory with steps 10 and 20 (step 20's parameters are step 10's plus one), a state like
     theirs (the restore target) and the first parameter array saved at each step."""
     workdir = tmp_path_factory.mktemp("ckpt") / "run"
-    state = train.create_train_state(load_config(None, SMALL))
+    state = steps.create_train_state(load_config(None, SMALL))
     manager = checkpoint.create_manager(workdir)
     first = {}
     for step in (10, 20):

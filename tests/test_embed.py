@@ -1,6 +1,5 @@
 """jaxseq.embed: embeddings equal TrainedModel.encode of the same windows, exact tiling, BED round trip, errors."""
 
-from pathlib import Path
 
 import h5py
 import numpy as np

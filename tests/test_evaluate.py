@@ -2,7 +2,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
 import shutil
 import struct
 from pathlib import Path
@@ -13,8 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxseq import checkpoint, evaluate, evaluator, models, train, trained
-from jaxseq import tokens as tok
+from jaxseq import checkpoint, evaluate, evaluator, models, steps, train, trained
 from jaxseq.config import load_config
 from jaxseq.genome import Genome
 from jaxseq.loader import count_eval_windows
@@ -138,7 +136,7 @@ def test_compute_eval_sums_matches_hand_computation():
 def test_padded_final_batch_counted_once_and_matches_training_eval(run):
     report = evaluate.evaluate(run, **quiet())
     config = load_config(run / "config.yaml")
-    data = train.open_data(config)
+    data = steps.open_data(config)
     intervals = data.splits["test"]
     mapping = data.genome.as_mapping()
     n_windows = count_eval_windows(mapping, intervals, window_len=40)
@@ -330,7 +328,7 @@ def test_failed_restore_names_differences_and_leaves_checkpoints_alone(run, tmp_
 def test_per_base_errors_cover_the_genome(run):
     rates = evaluate.per_base_errors(run, stride=20)
     config = load_config(run / "config.yaml")
-    genome = train.open_data(config).genome
+    genome = steps.open_data(config).genome
     assert list(rates) == genome.names
     for name, rate in rates.items():
         assert rate.dtype == np.float32 and rate.shape == (genome.lengths[name],)
@@ -369,7 +367,7 @@ def test_chunked_fetches_give_the_same_sums(run, monkeypatch):
 
 
 def test_bed_of_the_test_blocks_scores_exactly_the_test_split(run, tmp_path):
-    data = train.open_data(load_config(run / "config.yaml"))
+    data = steps.open_data(load_config(run / "config.yaml"))
     test = data.splits["test"]
     bed = tmp_path / "test_blocks.bed"
     # The test intervals, with one repeated and one split in two overlapping halves: merged, counted once.
@@ -386,7 +384,7 @@ def test_bed_of_the_test_blocks_scores_exactly_the_test_split(run, tmp_path):
 
 
 def test_bed_cli_writes_its_split_and_rejects_bad_files(run, tmp_path, capsys):
-    chrom = train.open_data(load_config(run / "config.yaml")).genome.names[0]
+    chrom = steps.open_data(load_config(run / "config.yaml")).genome.names[0]
     good = tmp_path / "two.bed.gz"
     good.write_bytes(gzip.compress(f"{chrom}\t100\t180\tA\n{chrom}\t1000\t1039\ttoo-short\n".encode()))
     assert evaluate.main([str(run), "--bed", str(good), "--no-write"]) == 0
@@ -410,7 +408,7 @@ def test_per_base_errors_and_the_error_map_of_bed_regions_only(run, tmp_path, ca
     from jaxseq.visualize.__main__ import main as visualize
     from jaxseq.visualize.errors import MAX_REGION_PANELS, region_panels
 
-    genome = train.open_data(load_config(run / "config.yaml")).genome
+    genome = steps.open_data(load_config(run / "config.yaml")).genome
     chrom = genome.names[0]
     bed = tmp_path / "r.bed"
     bed.write_text(f"{chrom}\t200\t290\tfirst\n{chrom}\t5000\t5050\n")

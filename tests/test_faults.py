@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxseq import checkpoint, train
+from jaxseq import checkpoint, steps, train
 from jaxseq import run as rundir
 from jaxseq import config as config_lib
 from jaxseq.config import load_config
@@ -142,7 +142,7 @@ def restore(workdir: Path, step: int | None = None):
     try:
         step = checkpoint.latest_step(manager) if step is None else step
         config = config_lib.from_dict(checkpoint.read_meta(manager, step)["config"])
-        state, loader_state, meta = checkpoint.restore(manager, step, train.create_train_state(config))
+        state, loader_state, meta = checkpoint.restore(manager, step, steps.create_train_state(config))
     finally:
         manager.close()
     return step, jax.device_get(state), loader_state, meta
@@ -471,7 +471,7 @@ def test_full_disk_on_a_real_tmpfs_reports_and_keeps_the_previous_checkpoint(sha
     (tiny_disk / "ballast").unlink()
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
     capfd.readouterr()
-    assert train.main(cli(run, [f"train.num_steps=8"], "--resume")) == 2
+    assert train.main(cli(run, ["train.num_steps=8"], "--resume")) == 2
     line = one_error_line(capfd.readouterr().err)
     assert f"run directory {run}" in line and os.strerror(errno.EROFS) in line
 
@@ -617,7 +617,7 @@ def test_bad_input_through_the_real_command_prints_only_the_error(shared, tmp_pa
 
 
 def tokens_of(shared: Path, fasta: Path) -> dict[str, np.ndarray]:
-    data = train.open_data(load_config(None, sets(shared, f"data.fasta={fasta}", "data.split=records",
+    data = steps.open_data(load_config(None, sets(shared, f"data.fasta={fasta}", "data.split=records",
                                                   "data.valid_records=[b]", "data.test_records=[c]",
                                                   "data.window_len=4")))
     return {name: np.asarray(data.genome.tokens(name)) for name in data.genome.names}

@@ -95,7 +95,7 @@ def multilayer_ref(m: models.MultilayerAutoencoder, variables, tokens, train):
         return batch_norm_ref(x, w[name]["weight"], w[name]["bias"], stats[name]["mean"], stats[name]["var"], train)
 
     relu = lambda a: np.maximum(a, 0.0)
-    k, pad = m.kernel_len, m.kernel_len // 2
+    pad = m.kernel_len // 2
     x = np.eye(6, 4)[np.asarray(tokens)].transpose(0, 2, 1)  # (B, 4, L); N and MASK -> zeros
     for i in range(m.n_conv_and_pool):
         for j in range(m.n_conv_before_pool):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -31,7 +30,7 @@ import numpy as np
 import pytest
 from jax.sharding import SingleDeviceSharding
 
-from jaxseq import checkpoint, train
+from jaxseq import checkpoint, steps
 from jaxseq.config import load_config
 
 STEPS = 20
@@ -48,7 +47,7 @@ SINGLE_HOST_SCRIPT = r"""
 import contextlib, io, json, shutil, sys
 from pathlib import Path
 import jax, numpy as np
-from jaxseq import parallel, train
+from jaxseq import parallel, steps, train
 from jaxseq.config import load_config
 
 tmp, run = Path(sys.argv[1]), json.loads(sys.argv[2])
@@ -82,7 +81,7 @@ out["bad_workdir_created"] = (tmp / "bad").exists()
 def config(devices):
     return load_config(None, run + [f"data.cache_dir={tmp / 'cache'}", f"train.devices='{devices}'"])
 
-state = train.create_train_state(config(4), mesh4)
+state = steps.create_train_state(config(4), mesh4)
 out["state_replicated"] = all(x.sharding.is_fully_replicated and len(x.sharding.device_set) == 4
                               for x in jax.tree.leaves(state))
 
@@ -124,7 +123,7 @@ def _tail(text: str, n: int = 3000) -> str:
 def _load_state(workdir: Path, step: int):
     """The train state of a checkpoint, restored onto this process's single CPU device (no compile)."""
     config = load_config(workdir / "config.yaml")
-    abstract = jax.eval_shape(lambda: train.create_train_state(config))
+    abstract = jax.eval_shape(lambda: steps.create_train_state(config))
     device = SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
     manager = checkpoint.create_manager(workdir, read_only=True)

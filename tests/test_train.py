@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseq import checkpoint, train
+from jaxseq import checkpoint, steps, train
 from jaxseq.config import load_config
 
 SMALL = ["model.name=autoencoder", "model.kernel_len=3", "model.latent_len=6", "data.window_len=40",
@@ -24,7 +24,7 @@ def params_of(state):
 def restore_latest(workdir, config):
     manager = checkpoint.create_manager(workdir, read_only=True)
     step = checkpoint.latest_step(manager)
-    state, loader_state, meta = checkpoint.restore(manager, step, train.create_train_state(config))
+    state, loader_state, meta = checkpoint.restore(manager, step, steps.create_train_state(config))
     manager.close()
     return step, state, loader_state, meta
 
@@ -74,8 +74,8 @@ def test_changing_hyperparameters_never_recompiles(tmp_path):
     config = small_config(tmp_path, "train.num_steps=100",
                           "model.latent_noise_std={schedule: linear, value: 0.5, end_value: 0.0}",
                           "model.input_dropout={schedule: linear, value: 0.2, end_value: 0.0}")
-    state = train.create_train_state(config)
-    fn = jax.jit(lambda s, b, r: train.train_steps(s, b, r, hparam_schedules=train.create_hparam_schedules(config)))
+    state = steps.create_train_state(config)
+    fn = jax.jit(lambda s, b, r: steps.train_steps(s, b, r, hparam_schedules=steps.create_hparam_schedules(config)))
     batch = {"tokens": jnp.zeros((2, 8, 40), jnp.int8), "weights": jnp.ones((2, 8), jnp.float32)}
     rng = jax.random.key(0)
     for _ in range(3):
@@ -86,10 +86,10 @@ def test_changing_hyperparameters_never_recompiles(tmp_path):
 
 def test_nonfinite_step_is_not_applied(tmp_path):
     config = small_config(tmp_path, "train.num_steps=4", "optim.optimizer=sgd", "optim.schedule=constant")
-    state = train.create_train_state(config)
+    state = steps.create_train_state(config)
     batch = {"tokens": jnp.zeros((8, 40), jnp.int8), "weights": jnp.full((8,), jnp.nan, jnp.float32)}
     hparams = {"input_dropout": jnp.float32(0), "latent_noise_std": jnp.float32(0)}
-    new_state, metrics = jax.jit(train.train_step)(state, batch, jax.random.key(0), hparams)
+    new_state, metrics = jax.jit(steps.train_step)(state, batch, jax.random.key(0), hparams)
     assert int(new_state.step) == 1
     assert float(metrics["nonfinite_loss"]) == 1.0 and int(metrics["first_bad_step"]) == 0
     for a, b in zip(jax.tree.leaves(params_of(state)), jax.tree.leaves(params_of(new_state))):
@@ -118,22 +118,24 @@ def test_resume_refuses_architecture_change(tmp_path):
         train.train_and_evaluate(changed, tmp_path / "run")
 
 
-def test_scanned_and_unrolled_steps_agree(tmp_path):
+def test_a_scanned_call_equals_its_steps_one_by_one(tmp_path):
+    """train_steps scans K steps in one call; the same K steps as single train_step calls give the same
+    state and metrics (step-keyed randomness and scheduled hparams included)."""
     config = small_config(tmp_path, "train.num_steps=100", "model.latent_noise_std=0.3", "model.input_dropout=0.1")
-    schedules = train.create_hparam_schedules(config)
-    fn = jax.jit(lambda s, b, r: train.train_steps(s, b, r, hparam_schedules=schedules))
+    schedules = steps.create_hparam_schedules(config)
+    fn = jax.jit(lambda s, b, r: steps.train_steps(s, b, r, hparam_schedules=schedules))
+    one = jax.jit(lambda s, b, r: steps.train_step(
+        s, b, r, {name: jnp.asarray(f(s.step), jnp.float32) for name, f in schedules.items()}))
     rng = jax.random.key(3)
     tokens = jax.random.randint(jax.random.key(1), (6, 8, 40), 0, 4).astype(jnp.int8)
     batches = {"tokens": tokens, "weights": jnp.ones((6, 8), jnp.float32)}
-    assert batches["tokens"].shape[0] > train.MAX_UNROLLED_STEPS >= 3
-    scanned, m_scan = fn(train.create_train_state(config), batches, rng)
-    state = train.create_train_state(config)
-    m_unrolled = None
-    for half in (slice(0, 3), slice(3, 6)):
-        state, m = fn(state, jax.tree.map(lambda x: x[half], batches), rng)
-        m_unrolled = train.add_metrics(m_unrolled, m)
+    scanned, m_scan = fn(steps.create_train_state(config), batches, rng)
+    state, m_single = steps.create_train_state(config), None
+    for i in range(6):
+        state, m = one(state, jax.tree.map(lambda x: x[i], batches), rng)
+        m_single = steps.add_metrics(m_single, m)
     assert int(scanned.step) == int(state.step) == 6
     for a, b in zip(jax.tree.leaves(params_of(scanned)), jax.tree.leaves(params_of(state))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(float(m_scan["loss_sum"]), float(m_unrolled["loss_sum"]), rtol=1e-5)
-    assert float(m_scan["count"]) == float(m_unrolled["count"]) == 6 * 8 * 40
+    np.testing.assert_allclose(float(m_scan["loss_sum"]), float(m_single["loss_sum"]), rtol=1e-5)
+    assert float(m_scan["count"]) == float(m_single["count"]) == 6 * 8 * 40
