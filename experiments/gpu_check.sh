@@ -106,7 +106,9 @@ cat "$OUT/env.txt"
 
 # 1. The tests that exercise models, kernels, the evaluator and training, on this machine's default device.
 read -r -a TEST_FILES <<< "$TESTS"
-stage tests "$TEST_LIMIT" "$OUT/tests.log" "$PY" -m pytest -q -x -p no:cacheprovider "${TEST_FILES[@]}"
+# -o addopts=: one process (the ini asks pytest-xdist for workers, which need not be installed there, and two
+# JAX processes would each claim most of the GPU memory).
+stage tests "$TEST_LIMIT" "$OUT/tests.log" "$PY" -m pytest -o addopts= -q -x -p no:cacheprovider "${TEST_FILES[@]}"
 
 # 2. jaxseq's step: every config x conv_impl x dtype, per batch size (compute-only and end to end).
 for B in ${BATCHES//,/ }; do
