@@ -17,11 +17,11 @@ loader's first batches:
   :func:`jaxseq.steps.create_train_loader` stacked and placed with :func:`jaxseq.parallel.shard_batch`,
   metric sums accumulated on device: the loop of ``python -m jaxseq.train`` without logging,
   evaluation and checkpoints. The clock stops after ``block_until_ready`` on the final state. Run with
-  the config's ``train.steps_per_call`` (10), with 1, and as ``step``: ``jax.jit(train_step)`` called once
-  per batch with no scan at all (not what ``jaxseq.train`` does today). The last exists because on
-  XLA:CPU convolution gradients inside a loop body (``lax.scan``, even of length 1) run far slower than the
-  same step jitted on its own (https://github.com/jax-ml/jax/issues/12868), which dominates the
-  conv-heavy aemd model.
+  the config files' ``train.steps_per_call`` (100 single, 10 aemd), with 1, and as ``step``:
+  ``jax.jit(train_step)`` called once per batch with no scan at all (not what ``jaxseq.train`` does). The
+  last shows what the scan costs: with flax's convolutions XLA:CPU runs their gradients far slower inside
+  a loop body (https://github.com/jax-ml/jax/issues/12868); with the CPU kernels (``conv_impl: auto`` on
+  CPU) it costs nothing measurable (experiments/RESULTS.md, "Scan or unroll").
 * torch: :func:`experiments.torch_baseline.train.train_step` per batch from the same loader (same
   seed, so the same windows), metric sums accumulated, ``torch.set_num_threads(T)``. Run twice: with
   ``T = os.cpu_count()`` (the baseline's default) and with ``T = 1``, because on a shared or busy machine
@@ -31,10 +31,12 @@ End to end (``--end-to-end``, on by default): the training commands themselves, 
 and ``python -m experiments.torch_baseline --threads T``, each a subprocess on the setup's config file
 (``configs/autoencoder.yaml``, ``configs/multilayer_aemd.yaml``: aemd with Adam, dropout and noise) for
 ``--e2e-steps-*`` steps, logging every twelfth of the run, evaluation (the whole validation split) and
-checkpoints at the config's own cadence (every 2,000 steps for aemd, 5,000 for single: the defaults run past
-one of each). Their own ``perf/windows_per_sec`` (TensorBoard) is read back; the first interval (start-up,
-compilation) is dropped and the rest combined as windows over seconds: loader, evaluation and checkpoints
-included in their real proportion, as a user sees it.
+checkpoints at the config's own cadence (every 2,000 steps for aemd, 5,000 for single; single runs its
+config's whole 20,000 steps by default). Their own ``perf/windows_per_sec`` (TensorBoard) is read back; the
+first interval (start-up, compilation) is dropped and the rest combined as windows over seconds: loader,
+evaluation, checkpoints and any later compilation (the histogram gradients, the evaluator) included in their
+real proportion, as a user sees it. A second figure counts the whole process, start-up and the first
+compilation too (steps x batch / the subprocess's wall time).
 
 The torch worker runs on ``--torch-device`` (cpu, or cuda in cuDNN benchmark mode) at each of
 ``--torch-precisions`` (float32, bfloat16 = ``torch.autocast``); ``--implementations torch`` measures the
@@ -73,11 +75,12 @@ E2E_CONFIGS = {"single": "configs/autoencoder.yaml", "aemd": "configs/multilayer
 
 COMMON = ["optim.optimizer=sgd", "optim.schedule=constant", "optim.learning_rate=0.1", "train.seed=0"]
 SETUPS = {
+    # train.steps_per_call: the config files' values (configs/autoencoder.yaml 100, multilayer_aemd.yaml 10).
     "single": ["model.name=autoencoder", "model.kernel_len=3", "model.latent_len=6", "data.window_len=40",
-               "train.batch_size=20"],
+               "train.batch_size=20", "train.steps_per_call=100"],
     "aemd": ["model.name=multilayer", "model.kernel_len=9", "model.latent_len=200", "data.window_len=64",
              "model.hidden_len=24", "model.pool=max", "model.pool_size=2", "model.n_conv_and_pool=1",
-             "model.n_conv_before_pool=2", "model.n_linear=2", "train.batch_size=200"],
+             "model.n_conv_before_pool=2", "model.n_linear=2", "train.batch_size=200", "train.steps_per_call=10"],
 }
 
 
@@ -241,6 +244,7 @@ def run_end_to_end(kind: str, setup: str, args, threads: int | None = None) -> d
     import tempfile
 
     from jaxseq import summary
+    from jaxseq.config import load_config
 
     steps = args.e2e_steps_single if setup == "single" else args.e2e_steps_aemd
     every = max(1, steps // 12)  # logging only: evaluation and checkpoints keep the config's cadence
@@ -258,11 +262,14 @@ def run_end_to_end(kind: str, setup: str, args, threads: int | None = None) -> d
             raise RuntimeError(f"end-to-end {kind} {setup} failed:\n{proc.stderr[-3000:]}")
         rates = [value for _, _, value in summary.read_scalars(Path(tmp) / "tensorboard", "perf/windows_per_sec")]
         final = json.loads((Path(tmp) / "final_metrics.json").read_text())
+        batch_size = load_config(Path(tmp) / "config.yaml").train.batch_size
     row = {"implementation": "jaxseq" if kind == "jax" else "torch", "mode": "end_to_end", "steps": steps,
            "log_every": every, "windows_per_sec_each": rates,
            # windows over seconds after the first interval (equal intervals: the harmonic mean of their rates)
            "windows_per_sec": statistics.harmonic_mean(rates[1:] or rates),
            "test_accuracy": final["test_accuracy"], "process_seconds": time.perf_counter() - t0,
+           # everything counted: start-up, compilation, every evaluation and save, the final evaluation
+           "windows_per_sec_whole_process": steps * batch_size / (time.perf_counter() - t0),
            "load_average_before": load_before, "load_average_after": os.getloadavg()[0], "command": cmd}
     if kind == "torch":
         row.update(threads=threads, device=args.torch_device, precision="float32")
@@ -303,7 +310,8 @@ def format_ratios(setup: str, ratio: dict) -> str:
     text = (f"{setup}: jaxseq / torch = {ratio['defaults']:.2f}x at defaults ({ratio['defaults_are']}), "
             f"{ratio['best_vs_best']:.2f}x best vs best ({ratio['best_are']})")
     if "end_to_end" in ratio:
-        text += f"; end to end {ratio['end_to_end']:.2f}x ({ratio['end_to_end_are']})"
+        text += (f"; end to end {ratio['end_to_end']:.2f}x ({ratio['end_to_end_are']}), "
+                 f"{ratio['end_to_end_whole_process']:.2f}x counting the whole process (start-up and compilation)")
     return text
 
 
@@ -335,6 +343,9 @@ def measure_setup(setup: str, args, thread_counts: list[int], spc_values: list) 
     if e2e_jax and e2e_torch:
         best_e2e = max(e2e_torch, key=lambda r: r["windows_per_sec"])
         ratios["end_to_end"] = e2e_jax[0]["windows_per_sec"] / best_e2e["windows_per_sec"]
+        best_whole = max(e2e_torch, key=lambda r: r["windows_per_sec_whole_process"])
+        ratios["end_to_end_whole_process"] = (e2e_jax[0]["windows_per_sec_whole_process"]
+                                              / best_whole["windows_per_sec_whole_process"])
         ratios["end_to_end_are"] = f"python -m jaxseq.train over the best torch CLI ({best_e2e['threads']} thread(s))"
         for r in rows:
             if r["mode"] == "end_to_end":
@@ -365,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated: float32, bfloat16 (torch.autocast)")
     parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the training commands themselves (see the module docstring)")
-    parser.add_argument("--e2e-steps-single", type=int, default=6_000, help="end-to-end run length, single")
+    parser.add_argument("--e2e-steps-single", type=int, default=20_000, help="end-to-end run length, single")
     parser.add_argument("--e2e-steps-aemd", type=int, default=2_400, help="end-to-end run length, aemd")
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--steps-per-call", type=int, help=argparse.SUPPRESS)

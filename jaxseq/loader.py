@@ -326,16 +326,6 @@ def count_eval_windows(
 # Window tables
 
 
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------------------------------
 # Batch generation
 
@@ -389,18 +379,6 @@ def _produce(source: _BatchSource, index: int, stop: threading.Event, out: queue
                 return
             except queue.Full:
                 continue
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------------

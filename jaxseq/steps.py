@@ -189,8 +189,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
     return new_state, metrics
 
 
-def train_steps(state: TrainState, batches: Mapping[str, jax.Array], rng: jax.Array, *,
-                hparam_schedules: Mapping[str, Callable], neighbour_loss_weight: float = 0.0,
+def train_steps(state: TrainState, batches: Mapping[str, jax.Array], rng: jax.Array, active: jax.Array | None = None,
+                *, hparam_schedules: Mapping[str, Callable], neighbour_loss_weight: float = 0.0,
                 objective: str = "ce") -> tuple[TrainState, dict]:
     """K train steps in one call (a ``lax.scan``), so per-call dispatch is amortised.
 
@@ -200,10 +200,16 @@ def train_steps(state: TrainState, batches: Mapping[str, jax.Array], rng: jax.Ar
     "Scan or unroll"). flax's own convolutions on CPU are the exception (their gradients are slow in a
     while loop, jax-ml/jax#12868), which is why ``auto`` never picks them there.
 
+    A call shorter than K (the training loop stops at every log, evaluation or save) keeps the shape
+    ``(K, ...)``: its batches are padded and ``active`` marks the real ones, so a run compiles at most two
+    programs (with and without ``active``) instead of one per distinct call length.
+
     Args:
       state: the train state.
       batches: ``tokens`` int8 ``(K, B, L)``, ``weights`` f32 ``(K, B)``: K steps' batches.
       rng: base key.
+      active: optional bool ``(K,)``: steps marked False are skipped (state, step counter and metrics
+        unchanged; their batches are never read).
       hparam_schedules: step -> value functions (optax schedules), evaluated on the traced step.
       neighbour_loss_weight, objective: static, see :func:`train_step`.
 
@@ -214,7 +220,17 @@ def train_steps(state: TrainState, batches: Mapping[str, jax.Array], rng: jax.Ar
         hparams = {name: jnp.asarray(fn(state.step), jnp.float32) for name, fn in hparam_schedules.items()}
         return train_step(state, batch, rng, hparams, neighbour_loss_weight, objective)
 
-    state, stacked = jax.lax.scan(body, state, batches)
+    def body_if_active(state, inputs):
+        batch, on = inputs
+        shapes = jax.eval_shape(body, state, batch)[1]
+        nothing = {k: jnp.full(v.shape, jnp.iinfo(jnp.int32).max if k == "first_bad_step" else 0, v.dtype)
+                   for k, v in shapes.items()}
+        return jax.lax.cond(on, body, lambda s, b: (s, nothing), state, batch)
+
+    if active is None:
+        state, stacked = jax.lax.scan(body, state, batches)
+    else:
+        state, stacked = jax.lax.scan(body_if_active, state, (batches, active))
     metrics = {k: (v.min(0) if k == "first_bad_step" else v.sum(0)) for k, v in stacked.items()}
     return state, metrics
 
@@ -232,9 +248,13 @@ def add_metrics(a: dict | None, b: dict) -> dict:
     return {k: (jnp.minimum(a[k], b[k]) if k == "first_bad_step" else a[k] + b[k]) for k in b}
 
 
-def stack_batches(batches: list[dict]) -> dict:
-    """Host batches stacked for :func:`train_steps`: ``tokens`` int8 ``(K, B, L)``, ``weights`` f32 ``(K, B)``."""
-    return {"tokens": np.stack([b["tokens"] for b in batches]), "weights": np.stack([b["weights"] for b in batches])}
+def stack_batches(batches: list[dict], size: int | None = None) -> dict:
+    """Host batches stacked for :func:`train_steps`: ``tokens`` int8 ``(K, B, L)``, ``weights`` f32 ``(K, B)``.
+
+    With ``size`` > ``len(batches)``, padded with zero batches to ``K = size`` (for a call with ``active``).
+    """
+    pad = [{k: np.zeros_like(v) for k, v in batches[0].items()}] * ((size or 0) - len(batches))
+    return {k: np.stack([b[k] for b in batches + pad]) for k in ("tokens", "weights")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +262,7 @@ class Steps:
     """The jitted functions of a run, built once by :func:`build`.
 
     Attributes:
-      train: ``(state, batches, rng) -> (state, metrics)``: :func:`train_steps`, the state donated.
+      train: ``(state, batches, rng, active=None) -> (state, metrics)``: :func:`train_steps`, the state donated.
       grads: ``(state, batch, rng, hparams) -> grads``: :func:`compute_grads`.
       hparam_schedules: name -> step -> value (``input_dropout``, ``latent_noise_std``).
       learning_rate: step -> learning rate.

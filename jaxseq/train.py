@@ -50,6 +50,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
 from jaxseq import checkpoint, evaluator, parallel, steps, summary, trained
@@ -123,14 +124,16 @@ class _Loop:
         self.saved_step = self.step
 
     def call(self) -> dict:
-        """Trains up to the next event (log, eval, checkpoint, histogram, end); returns the host batches."""
+        """Trains up to the next event (log, eval, checkpoint, histogram, end); returns its last host batch."""
         t = self.t
         events = [e for e in (t.log_every, t.eval_every, t.checkpoint_every, t.histogram_every) if e > 0]
         next_event = min([(self.step // e + 1) * e for e in events] + [t.num_steps])
         k = min(t.steps_per_call, next_event - self.step)
-        host = steps.stack_batches([next(self.loader) for _ in range(k)])
+        host = steps.stack_batches([next(self.loader) for _ in range(k)], size=t.steps_per_call)
+        # A short call keeps the shape (K, ...) with its real steps marked: one more program, not one per length.
+        active = None if k == t.steps_per_call else parallel.replicate(np.arange(t.steps_per_call) < k, self.mesh)
         self.state, metrics = self.steps.train(self.state, parallel.shard_batch(host, self.mesh, leading_axes=1),
-                                               self.rng)
+                                               self.rng, active)
         if not self.compiled:  # the first call compiles: the rate starts after it
             self.compiled = jax.block_until_ready(metrics) is not None
             self.bar.set_description("train")
@@ -141,7 +144,7 @@ class _Loop:
         self.bad = steps.add_metrics(self.bad, {key: metrics[key] for key in ("nonfinite_loss", "nonfinite_grads",
                                                                           "first_bad_step")})
         self.bar.update(k)
-        return host
+        return {key: value[k - 1] for key, value in host.items()}  # the last batch trained
 
     def log(self) -> None:
         self.check_finite()
@@ -157,10 +160,10 @@ class _Loop:
         self.bar.set_postfix(loss=f"{means['loss']:.4f}", acc=f"{means['accuracy']:.4f}",
                              win_s=f"{self.windows_per_sec:,.0f}")
 
-    def histograms(self, host: dict) -> None:
+    def histograms(self, last: dict) -> None:
         self.check_writer()
         hparams = {name: jnp.float32(fn(self.step)) for name, fn in self.steps.hparam_schedules.items()}
-        one = parallel.shard_batch({"tokens": host["tokens"][-1], "weights": host["weights"][-1]}, self.mesh)
+        one = parallel.shard_batch(last, self.mesh)
         # The gradient function spans every process's devices: all processes run it, only process 0 writes.
         grads = parallel.fetch(self.steps.grads(self.state, one, self.rng, hparams))
         if self.main:
@@ -189,12 +192,12 @@ class _Loop:
                         mininterval=0.1 if sys.stderr.isatty() else 30.0)
         try:
             while self.step < t.num_steps and not parallel.any_process(self.stop.signum is not None):
-                host = self.call()
+                last = self.call()
                 end = self.step == t.num_steps
                 if self.due(t.log_every) or end:
                     self.log()
                 if self.due(t.histogram_every):
-                    self.histograms(host)
+                    self.histograms(last)
                 if self.due(t.eval_every) or end:
                     self.evaluate()
                 if self.due(t.checkpoint_every) or end:

@@ -139,3 +139,48 @@ def test_a_scanned_call_equals_its_steps_one_by_one(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(m_scan["loss_sum"]), float(m_single["loss_sum"]), rtol=1e-5)
     assert float(m_scan["count"]) == float(m_single["count"]) == 6 * 8 * 40
+
+
+def test_a_short_call_keeps_its_shape_and_skips_the_padded_steps(tmp_path):
+    """A call of k < K steps is padded to K with ``active`` marking the real steps: the same state and
+    metrics as an unpadded call of k steps; the padding changes nothing, not even the step counter."""
+    config = small_config(tmp_path, "train.num_steps=100", "model.latent_noise_std=0.3", "model.input_dropout=0.1")
+    schedules = steps.create_hparam_schedules(config)
+    fn = jax.jit(lambda s, b, r, a=None: steps.train_steps(s, b, r, a, hparam_schedules=schedules))
+    rng = jax.random.key(3)
+    tokens = np.asarray(jax.random.randint(jax.random.key(1), (2, 8, 40), 0, 4), np.int8)
+    real = [{"tokens": t, "weights": np.ones(8, np.float32)} for t in tokens]
+    padded = steps.stack_batches(real, size=4)
+    assert padded["tokens"].shape == (4, 8, 40) and not padded["tokens"][2:].any()
+    short, m_short = fn(steps.create_train_state(config), padded, rng, np.array([True, True, False, False]))
+    plain, m_plain = fn(steps.create_train_state(config), steps.stack_batches(real), rng)
+    assert int(short.step) == int(plain.step) == 2
+    for a, b in zip(jax.tree.leaves(params_of(short)), jax.tree.leaves(params_of(plain))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(float(m_short["loss_sum"]), float(m_plain["loss_sum"]), rtol=1e-6)
+    assert float(m_short["count"]) == float(m_plain["count"]) == 2 * 8 * 40
+    assert int(m_short["first_bad_step"]) == int(m_plain["first_bad_step"]) == np.iinfo(np.int32).max
+    idle, m_idle = fn(plain, padded, rng, np.zeros(4, bool))  # nothing active: nothing changes
+    assert int(idle.step) == 2 and float(m_idle["count"]) == 0.0
+    for a, b in zip(jax.tree.leaves(params_of(idle)), jax.tree.leaves(params_of(plain))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_calls_cut_at_odd_events_compile_two_programs_and_train_the_same(tmp_path, monkeypatch):
+    """Logs every 6 and evaluations every 5 steps with K = 4 cut calls to lengths 4, 1, 1, 4, 1, 1, 1: one
+    program for full calls and one for short ones, and the same parameters as training one step per call."""
+    built = []
+    real_build = steps.build
+    monkeypatch.setattr(steps, "build", lambda config: built.append(real_build(config)) or built[-1])
+    odd = ["train.num_steps=13", "train.log_every=6", "train.eval_every=5", "train.checkpoint_every=13",
+           "train.histogram_every=0", "train.examples=0"]
+    train.train_and_evaluate(small_config(tmp_path, *odd, "train.steps_per_call=4"), tmp_path / "k4")
+    assert built[-1].train._cache_size() == 2
+    train.train_and_evaluate(small_config(tmp_path, *odd, "train.steps_per_call=1"), tmp_path / "k1")
+    assert built[-1].train._cache_size() == 1
+    config = small_config(tmp_path, *odd)
+    _, k4, _, _ = restore_latest(tmp_path / "k4", config)
+    _, k1, _, _ = restore_latest(tmp_path / "k1", config)
+    assert int(k4.step) == int(k1.step) == 13
+    for a, b in zip(jax.tree.leaves(params_of(k4)), jax.tree.leaves(params_of(k1))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
