@@ -46,14 +46,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxseq.splits import Interval, subtract_intervals
+from jaxseq.splits import DEDUP_MODES, DEFAULT_K, MAX_K, Interval, subtract_intervals
 
-MAX_K = 32
-DEFAULT_K = 32
 DEFAULT_MAX_KMERS_PER_PASS = 1 << 24
 CHUNK = 1 << 21
 EVAL_SPLITS = ("valid", "test")
-DEDUP_MODES = ("none", "drop_train", "drop_eval")
 # Odd 64-bit constant (golden ratio): multiplying spreads packed k-mers evenly over the buckets.
 _HASH = np.uint64(0x9E3779B97F4A7C15)
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import yaml
 
-from jaxseq import audit, loader, losses, models, optim, splits
+from jaxseq import loader, losses, models, optim, splits
 from jaxseq.layers import COMPUTE_DTYPES, CONV_IMPLS
 
 
@@ -56,7 +56,7 @@ class DataConfig:
     # Leak removal by content: "drop_train" / "drop_eval" cut out of train / valid+test every stretch
     # covered by a canonical k-mer (k = dedup_k) found across the train/eval boundary (jaxseq.audit).
     dedup: str = "none"
-    dedup_k: int = audit.DEFAULT_K
+    dedup_k: int = splits.DEFAULT_K
 
 
 @dataclasses.dataclass
@@ -421,11 +421,11 @@ def _check_data(d: DataConfig) -> None:
         raise ConfigError(f"data.max_n_fraction must be in [0, 1], got {d.max_n_fraction}")
     _owner_check("data.augment", lambda: loader.check_augment(d.augment))
     _check_data_restrictions(d)
-    if d.dedup not in audit.DEDUP_MODES:
-        raise ConfigError(f"data.dedup: unknown mode {d.dedup!r}{_close(d.dedup, audit.DEDUP_MODES)}; "
-                          f"choose one of {', '.join(audit.DEDUP_MODES)}")
-    if not 1 <= d.dedup_k <= audit.MAX_K:
-        raise ConfigError(f"data.dedup_k must be in 1..{audit.MAX_K} (k-mers are packed in 64 bits), got {d.dedup_k}")
+    if d.dedup not in splits.DEDUP_MODES:
+        raise ConfigError(f"data.dedup: unknown mode {d.dedup!r}{_close(d.dedup, splits.DEDUP_MODES)}; "
+                          f"choose one of {', '.join(splits.DEDUP_MODES)}")
+    if not 1 <= d.dedup_k <= splits.MAX_K:
+        raise ConfigError(f"data.dedup_k must be in 1..{splits.MAX_K} (k-mers are packed in 64 bits), got {d.dedup_k}")
 
 
 def _check_model(config: Config) -> None:

@@ -38,6 +38,13 @@ if TYPE_CHECKING:  # annotations only: splits sits below config and genome in no
 #: Split names, in the order of ``proportions``.
 SPLITS = ("train", "valid", "test")
 STRATEGIES = ("records", "blocks")
+#: ``data.dedup``: cut the k-mers shared across the train/eval boundary out of train or out of valid and test
+#: (carried out by :func:`jaxseq.audit.dedup_splits`; the names live here, below config, beside the other split
+#: settings).
+DEDUP_MODES = ("none", "drop_train", "drop_eval")
+#: ``data.dedup_k`` and the audit's ``--k``: k-mers are packed 2 bits per base in 64 bits.
+MAX_K = 32
+DEFAULT_K = 32
 
 
 class Interval(NamedTuple):
