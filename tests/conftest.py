@@ -93,3 +93,11 @@ def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_run")
     train.train_and_evaluate(load_config(None, TINY + [f"data.cache_dir={root / 'cache'}"]), root / "run")
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run):
+    """``jaxseq.load_run(tiny_run)``: the trained model tests use (read-only, shared by the session)."""
+    import jaxseq
+
+    return jaxseq.load_run(tiny_run)

@@ -19,27 +19,16 @@ SMALL_FASTA = ">long desc\n" + "ACGTTGCA" * 10 + "NNNNNNNN" + "GATTACA" * 6 + "\
 
 
 @pytest.fixture(scope="module")
-def run(tiny_run):
-    """The session's 2-step multilayer run on the bundled lambda phage (tests/conftest.py), latent 5 floats."""
-    return tiny_run
-
-
-@pytest.fixture(scope="module")
-def model(run):
-    return jaxseq.load_run(run)
-
-
-@pytest.fixture(scope="module")
-def lam(model):
-    genome = Genome.open(default_fasta(), cache_dir=model.config.data.cache_dir)
+def lam(tiny_model):
+    genome = Genome.open(default_fasta(), cache_dir=tiny_model.config.data.cache_dir)
     return genome, genome.names[0], genome.lengths[genome.names[0]]
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory, model):
+def small(tmp_path_factory, tiny_model):
     folder = tmp_path_factory.mktemp("small")
     (folder / "small.fa").write_text(SMALL_FASTA)
-    return folder / "small.fa", Genome.open(folder / "small.fa", cache_dir=model.config.data.cache_dir)
+    return folder / "small.fa", Genome.open(folder / "small.fa", cache_dir=tiny_model.config.data.cache_dir)
 
 
 def read_h5(path):
@@ -67,32 +56,32 @@ def test_tile_region_exact_coordinates():
         assert starts.min() >= 0 and starts.max() + W <= length and len(set(starts.tolist())) == len(starts)
 
 
-def test_h5_rows_equal_encode_of_their_windows_with_attributes(run, model, lam, tmp_path):
+def test_h5_rows_equal_encode_of_their_windows_with_attributes(tiny_run, tiny_model, lam, tmp_path):
     genome, chrom, length = lam
     regions = [f"{chrom}:1-100", f"{chrom}:{length - 39:,}-{length:,}"]
     out = tmp_path / "e.h5"
-    summary = embed(model, regions, out, stride=12, batch_size=4)
+    summary = embed(tiny_model, regions, out, stride=12, batch_size=4)
     data, attrs = read_h5(out)
     starts = data["start"].tolist()
     assert starts == [0, 12, 24, 36, 48, 60, 72, 84, length - 40, length - 28, length - 16]
     assert (data["end"] - data["start"] == W).all() and (data["chrom"] == chrom).all()
     assert data["region"].tolist() == [0] * 8 + [1] * 3 and not data["extended"].any()
     windows = np.stack([genome.tokens(chrom, s, s + W) for s in starts]).astype(np.int8)
-    np.testing.assert_allclose(data["embeddings"], model.encode(windows), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(data["embeddings"], tiny_model.encode(windows), rtol=1e-5, atol=1e-6)
     assert data["embeddings"].dtype == np.float32 and data["embeddings"].shape == (11, 5)
     assert data["n_fraction"].tolist() == [0.0] * 11 and data["name"].tolist() == [""] * 11
-    assert attrs["run_dir"] == str(run.absolute()) and attrs["step"] == 2 and attrs["model"] == "multilayer"
+    assert attrs["run_dir"] == str(tiny_run.absolute()) and attrs["step"] == 2 and attrs["model"] == "multilayer"
     assert (attrs["window_len"], attrs["stride"], attrs["reduce"]) == (W, 12, "none")
     assert attrs["jaxseq_version"] == jaxseq.__version__ and attrs["genome_fingerprint"] == genome.fingerprint
     assert summary["rows"] == summary["windows"] == 11 and summary["out"] == [str(out)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.h5"]  # no temporary file left
 
 
-def test_short_regions_n_windows_and_short_records(model, small, tmp_path):
+def test_short_regions_n_windows_and_short_records(tiny_model, small, tmp_path):
     fasta, genome = small
     bed = tmp_path / "r.bed"
     bed.write_text("long\t2\t5\tstart\nlong\t84\t84\tempty\ntiny\t0\t10\tskipped\nlong\t70\t96\tns\n")
-    summary = embed(model, bed, tmp_path / "s.h5", fasta=fasta)
+    summary = embed(tiny_model, bed, tmp_path / "s.h5", fasta=fasta)
     data, attrs = read_h5(tmp_path / "s.h5")
     # The short regions' windows are extended symmetrically, inside the record, and flagged.
     assert data["start"].tolist() == [0, 76, 70, 80] and data["region"].tolist() == [0, 1, 3, 3]
@@ -102,17 +91,17 @@ def test_short_regions_n_windows_and_short_records(model, small, tmp_path):
     assert data["n_fraction"].tolist() == [0.0, 0.5, 0.375, 0.5]
     windows = np.stack([genome.tokens("long", s, s + W) for s in data["start"]]).astype(np.int8)
     assert (windows == tok.N).any()
-    np.testing.assert_allclose(data["embeddings"], model.encode(windows), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(data["embeddings"], tiny_model.encode(windows), rtol=1e-5, atol=1e-6)
     assert summary["skipped"] == ["tiny:1-10"] and attrs["skipped_regions"] == 1 and attrs["extended_regions"] == 2
     assert attrs["fasta"] == str(fasta)
 
 
-def test_reduce_mean_is_the_mean_of_the_windows(model, lam, tmp_path):
+def test_reduce_mean_is_the_mean_of_the_windows(tiny_model, lam, tmp_path):
     genome, chrom, _ = lam
     bed = tmp_path / "r.bed"
     bed.write_text(f"{chrom}\t1000\t1100\tA\n{chrom}\t5\t9\tB\n{chrom}\t300\t340\tC\n")
-    embed(model, bed, tmp_path / "w.h5", stride=8, batch_size=3)
-    embed(model, bed, tmp_path / "m.h5", stride=8, batch_size=3, reduce="mean")
+    embed(tiny_model, bed, tmp_path / "w.h5", stride=8, batch_size=3)
+    embed(tiny_model, bed, tmp_path / "m.h5", stride=8, batch_size=3, reduce="mean")
     windows, _ = read_h5(tmp_path / "w.h5")
     means, attrs = read_h5(tmp_path / "m.h5")
     assert attrs["reduce"] == "mean" and means["embeddings"].shape == (3, 5)
@@ -138,12 +127,12 @@ def test_reduce_mean_of_a_per_position_model_averages_positions_too(lam, tmp_pat
     np.testing.assert_allclose(mean["embeddings"][0], rows["embeddings"].mean((0, 1)), rtol=1e-5, atol=1e-6)
 
 
-def test_npy_and_bed_sidecar_round_trip(run, model, lam, tmp_path):
+def test_npy_and_bed_sidecar_round_trip(tiny_run, tiny_model, lam, tmp_path):
     genome, chrom, _ = lam
     bed = tmp_path / "in.bed"
     bed.write_text(f"# peaks\n{chrom}\t40\t90\tp1\n{chrom}\t7\t8\n")
-    embed(model, bed, tmp_path / "x.h5")
-    assert embed_lib.main([str(run), "--bed", str(bed), "--out", str(tmp_path / "x.npy")]) == 0
+    embed(tiny_model, bed, tmp_path / "x.h5")
+    assert embed_lib.main([str(tiny_run), "--bed", str(bed), "--out", str(tmp_path / "x.npy")]) == 0
     h5, _ = read_h5(tmp_path / "x.h5")
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), h5["embeddings"])
     back = read_bed(tmp_path / "x.bed", genome.sizes())
@@ -162,11 +151,11 @@ def test_npy_and_bed_sidecar_round_trip(run, model, lam, tmp_path):
     (["--out", "{tmp}/o.h5", "--genome", "--step", "7"], r"--step 7: no checkpoint at step 7 .* available: 2"),
     (["--out", "{tmp}/o.h5", "--genome", "--fasta", "{tmp}/none.fa"], r"none.fa"),
 ])
-def test_errors_are_one_line_before_any_output(run, lam, tmp_path, capsys, args, message):
+def test_errors_are_one_line_before_any_output(tiny_run, lam, tmp_path, capsys, args, message):
     import re
 
     (tmp_path / "bad.bed").write_text(f"{lam[1]}\t1\t5\n{lam[1]}\t9\t3\n")
-    argv = [str(run)] + [a.format(tmp=tmp_path, chrom=lam[1]) for a in args]
+    argv = [str(tiny_run)] + [a.format(tmp=tmp_path, chrom=lam[1]) for a in args]
     assert embed_lib.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and re.search(message, err[-1]), err
@@ -178,7 +167,7 @@ def test_missing_run_is_an_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: run directory {tmp_path / 'nope'} does not exist"
 
 
-def test_a_failure_mid_way_leaves_no_output(model, tmp_path, monkeypatch):
+def test_a_failure_mid_way_leaves_no_output(tiny_model, tmp_path, monkeypatch):
     calls = []
 
     def failing(tokens, batch_size=256):
@@ -187,7 +176,8 @@ def test_a_failure_mid_way_leaves_no_output(model, tmp_path, monkeypatch):
             raise RuntimeError("device lost")
         return np.zeros((len(tokens), 5), np.float32)
 
-    broken = jaxseq.TrainedModel(model.config, model.variables, step=model.step, run_dir=model.run_dir)
+    m = tiny_model
+    broken = jaxseq.TrainedModel(m.config, m.variables, step=m.step, run_dir=m.run_dir)
     monkeypatch.setattr(broken, "encode", failing)
     for name in ("f.h5", "f.npy"):
         with pytest.raises(RuntimeError, match="device lost"):
