@@ -142,7 +142,7 @@ class _Loop:
         self.step += k
         self.pending = steps.add_metrics(self.pending, metrics)
         self.bad = steps.add_metrics(self.bad, {key: metrics[key] for key in ("nonfinite_loss", "nonfinite_grads",
-                                                                          "first_bad_step")})
+                                                                                "first_bad_step")})
         self.bar.update(k)
         return {key: value[k - 1] for key, value in host.items()}  # the last batch trained
 
