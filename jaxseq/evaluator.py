@@ -338,14 +338,9 @@ class Evaluator:
         row0 = jax.process_index() * local
         flush_every = max(1, _EXACT_F32 // (self.batch_size * self.window_len))
         hp = {k: jnp.float32(v) for k, v in (hparams or {}).items()}
-        shapes = {"tokens": jax.ShapeDtypeStruct((self.batch_size, self.window_len), jnp.int8),
-                  "weights": jax.ShapeDtypeStruct((self.batch_size,), jnp.float32),
-                  "soft_mask": jax.ShapeDtypeStruct((self.batch_size, self.window_len), jnp.bool_)}
-        logits = jax.ShapeDtypeStruct((self.batch_size, self.window_len, tok.NUM_BASES), jnp.float32)
-        zeros = jax.eval_shape(compute_eval_sums, logits, shapes)
 
         def fresh():
-            return jax.tree.map(lambda s: parallel.replicate(jnp.zeros(s.shape, s.dtype), mesh), zeros)
+            return jax.tree.map(lambda s: parallel.replicate(jnp.zeros(s.shape, s.dtype), mesh), self._totals_shape())
 
         host, totals, wanted, examples = None, fresh(), {int(i) for i in example_ids}, []
         for index, batch, device in self._device_batches(mesh, should_stop, progress, f"evaluate {self.name}"):
@@ -361,6 +356,39 @@ class Evaluator:
             if (index + 1) % flush_every == 0:
                 host, totals = _add_host(host, jax.device_get(totals)), fresh()
         return _add_host(host, jax.device_get(totals)), examples
+
+    def _totals_shape(self) -> dict:
+        shapes = {"tokens": jax.ShapeDtypeStruct((self.batch_size, self.window_len), jnp.int8),
+                  "weights": jax.ShapeDtypeStruct((self.batch_size,), jnp.float32),
+                  "soft_mask": jax.ShapeDtypeStruct((self.batch_size, self.window_len), jnp.bool_)}
+        logits = jax.ShapeDtypeStruct((self.batch_size, self.window_len, tok.NUM_BASES), jnp.float32)
+        return jax.eval_shape(compute_eval_sums, logits, shapes)
+
+    def precompile(self, model, variables, mesh, *, examples: bool = False) -> None:
+        """Compiles the programs a deterministic :meth:`run` calls, so its first batch does not wait for them.
+
+        Training calls it in a background thread while its first train call compiles. Nothing runs and
+        nothing is communicated between processes: only shapes, dtypes and shardings matter, so
+        ``variables`` may be abstract (``jax.ShapeDtypeStruct`` leaves carrying their shardings and weak
+        types), e.g. of a state the caller is about to donate.
+
+        Args:
+          model: the flax module.
+          variables: ``{"params", "batch_stats"}`` as :meth:`sums` will get them (arrays or abstract).
+          mesh: the device mesh.
+          examples: also compile the prediction program (``run(..., examples=N > 0)``).
+        """
+        local = self.batch_size // jax.process_count()
+        batch = parallel.shard_batch({"tokens": np.zeros((local, self.window_len), np.int8),
+                                      "weights": np.zeros((local,), np.float32),
+                                      "soft_mask": np.zeros((local, self.window_len), bool)}, mesh)
+        totals = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)),
+                              self._totals_shape())
+        # The key and index as run() makes them (uncommitted): an abstract stand-in would compile another program.
+        args = (variables, batch, jax.random.fold_in(jax.random.key(0), 0), 0, {})
+        _accumulate.lower(totals, *args, model=model, stochastic=False).compile()
+        if examples:
+            _predict.lower(*args, model=model, stochastic=False).compile()
 
     def run(self, model, variables, mesh, *, mode: str = "deterministic", hparams: Mapping[str, float] | None = None,
             seed: int = 0, repeats: int = 1, examples: int | Sequence[int] = 0,

@@ -153,6 +153,16 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
 
 
+def abstract(tree: Any) -> Any:
+    """``jax.ShapeDtypeStruct`` stand-ins (shape, dtype, sharding, weak type) for a pytree of committed arrays.
+
+    Lowering a jitted function with them compiles the program a later call with the arrays runs (the
+    compilation is cached), without holding the arrays, e.g. a train state about to be donated.
+    """
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding,
+                                                       weak_type=getattr(x, "weak_type", False)), tree)
+
+
 def fetch(tree: Any) -> Any:
     """Host numpy copies of a pytree of (possibly multi-process) arrays.
 

@@ -45,6 +45,7 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,7 +79,7 @@ class _Loop:
         self.windows_per_sec = (meta or {}).get("windows_per_sec",
                                                 (rundir.read_final_metrics(workdir) or {}).get("windows_per_sec"))
         self.bad = self.pending = None  # device sums since the last check / log
-        self.bar, self.compiled = None, False
+        self.bar, self.compiled, self.precompiling = None, False, None
         self.log_time, self.log_step = time.perf_counter(), self.step
         self.valid = evaluator.open_evaluator(config, "valid", data=data, max_windows=self.t.eval_max_windows)
         self.binding = trained.data_binding(config, data.genome.fingerprint)  # saved with every checkpoint
@@ -88,6 +89,39 @@ class _Loop:
 
     def variables(self) -> dict:
         return {"params": self.state.params, "batch_stats": self.state.batch_stats}
+
+    def start_precompile(self) -> None:
+        """Compiles the histogram-gradient and evaluation programs in a background thread.
+
+        Started before the first train call, whose compilation keeps one core busy: on a 2-core CPU the
+        two compilations overlap, and the first histogram and evaluation no longer stall training for
+        their own compilation (measured for aemd: ~2 s and ~1 s; experiments/RESULTS.md). Shapes only,
+        no collective: every process compiles its own copy. A failure here is ignored: the real call
+        compiles (and reports) as it would have.
+        """
+        t = self.t
+        if self.step >= t.num_steps:
+            return
+        histogram = t.histogram_every > 0 and (self.step // t.histogram_every + 1) * t.histogram_every <= t.num_steps
+        state, batch = parallel.abstract(self.state), {  # the state is donated by the first call: shapes only
+            "tokens": np.zeros((self.t.batch_size // jax.process_count(), self.config.data.window_len), np.int8),
+            "weights": np.zeros((self.t.batch_size // jax.process_count(),), np.float32)}
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+        def work():
+            with contextlib.suppress(Exception):
+                if histogram:
+                    hparams = {name: jnp.float32(0.0) for name in self.steps.hparam_schedules}
+                    self.steps.grads.lower(state, parallel.shard_batch(batch, self.mesh), self.rng, hparams).compile()
+                self.valid.precompile(self.model, variables, self.mesh, examples=t.examples > 0)
+
+        self.precompiling = threading.Thread(target=work, name="jaxseq-precompile", daemon=True)
+        self.precompiling.start()
+
+    def join_precompile(self) -> None:
+        if self.precompiling is not None:
+            self.precompiling.join()
+            self.precompiling = None
 
     def check_writer(self) -> None:
         # Agreed across processes: one process raising alone would leave the others in a collective.
@@ -161,6 +195,7 @@ class _Loop:
                              win_s=f"{self.windows_per_sec:,.0f}")
 
     def histograms(self, last: dict) -> None:
+        self.join_precompile()
         self.check_writer()
         hparams = {name: jnp.float32(fn(self.step)) for name, fn in self.steps.hparam_schedules.items()}
         one = parallel.shard_batch(last, self.mesh)
@@ -171,6 +206,7 @@ class _Loop:
             summary.write_histograms(self.writer, self.step, "grads", grads)
 
     def evaluate(self) -> None:
+        self.join_precompile()
         self.check_writer()
         report = self.valid.run(self.model, self.variables(), self.mesh, examples=range(self.t.examples))
         summary.write_scalars(self.writer, self.step, {"eval/loss": report["loss"], "eval/accuracy": report["accuracy"]})
@@ -191,6 +227,7 @@ class _Loop:
                         bar_format="{desc}: step {n}/{total} ({elapsed})",
                         mininterval=0.1 if sys.stderr.isatty() else 30.0)
         try:
+            self.start_precompile()
             while self.step < t.num_steps and not parallel.any_process(self.stop.signum is not None):
                 last = self.call()
                 end = self.step == t.num_steps
@@ -214,6 +251,7 @@ class _Loop:
                 raise type(err)(f"{err}; {rundir.latest_checkpoint_text(self.workdir)}") from err
             raise
         finally:
+            self.join_precompile()
             self.bar.close()
 
     def interrupted(self, where: str) -> TrainingInterrupted:

@@ -1,4 +1,6 @@
 import json
+import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -184,3 +186,17 @@ def test_calls_cut_at_odd_events_compile_two_programs_and_train_the_same(tmp_pat
     assert int(k4.step) == int(k1.step) == 13
     for a, b in zip(jax.tree.leaves(params_of(k4)), jax.tree.leaves(params_of(k1))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_histogram_and_evaluation_programs_compile_in_the_background(tmp_path, caplog):
+    """The first train call compiles while a background thread compiles the histogram-gradient, evaluation
+    and example programs; the run's histograms and evaluations (periodic and final) reuse them."""
+    caplog.set_level(logging.DEBUG, logger="jax._src.dispatch")  # JAX logs every XLA compilation there
+    # A latent size no other test uses, so none of these programs is cached in this process yet.
+    train.train_and_evaluate(small_config(tmp_path, "train.num_steps=4", "model.latent_len=7"), tmp_path / "run")
+    compiled = [(r.threadName, re.search(r"compilation of (\S+)", r.getMessage()).group(1)) for r in caplog.records
+                if "Finished XLA compilation" in r.getMessage()]
+    background = sorted(name for thread, name in compiled if thread == "jaxseq-precompile")
+    assert background == ["jit(_accumulate)", "jit(_predict)", "jit(compute_grads)"]
+    assert not [name for thread, name in compiled if thread != "jaxseq-precompile" and name in background]
+    assert ("MainThread", "jit(train_steps)") in compiled
