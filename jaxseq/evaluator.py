@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseq import losses, parallel, steps
+from jaxseq import layers, losses, parallel, steps
 from jaxseq import tokens as tok
 from jaxseq.config import Config
 
@@ -182,7 +182,7 @@ def apply_model(model: nn.Module, variables: Mapping[str, Any], tokens: jax.Arra
     if not stochastic:
         logits, _ = model.apply(variables, tokens, train=False)
         return logits
-    dropout_key, noise_key = jax.random.split(key)
+    dropout_key, noise_key = jax.random.split(layers.unrolled_threefry(key))
     # Batch norm on running statistics (train=False), dropout and noise on (deterministic=False).
     logits, _ = model.apply(variables, tokens, train=False, deterministic=False, hparams=hparams,
                             rngs={"dropout": dropout_key, "noise": noise_key})

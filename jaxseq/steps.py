@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jaxseq import losses, models, optim, parallel
+from jaxseq import layers, losses, models, optim, parallel
 from jaxseq.config import Config
 
 
@@ -137,7 +137,7 @@ def create_hparam_schedules(config: Config) -> dict[str, Callable]:
 
 
 def _loss_fn(state: TrainState, batch, rng, hparams, neighbour_loss_weight: float, objective: str = "ce"):
-    dropout_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+    dropout_rng, noise_rng = jax.random.split(layers.unrolled_threefry(jax.random.fold_in(rng, state.step)))
 
     def loss_fn(params):
         (logits, latent), updates = state.apply_fn(

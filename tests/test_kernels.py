@@ -270,3 +270,44 @@ def test_dropout_scales_kept_values_and_is_off_when_deterministic():
     assert set(np.unique(y)) == {0.0, np.float32(1 / 0.75)}
     assert abs((y == 0).mean() - 0.25) < 0.02
     np.testing.assert_array_equal(layers.Dropout(0.25, deterministic=True).apply({}, x), x)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (5, 301, 97), (200, 200)])
+def test_unrolled_threefry_draws_exactly_what_jax_threefry_draws(shape):
+    """Same key, same bits, uniforms, normals, masks and splits: only the lowering differs."""
+    key = jax.random.fold_in(jax.random.key(11), 3)
+    fast = layers.unrolled_threefry(key)
+    assert str(jax.random.key_impl(fast)) == "fry_unrolled" and str(jax.random.key_impl(key)) == "threefry2x32"
+    draws = [lambda k: jax.random.bits(k, shape, jnp.uint32), lambda k: jax.random.bits(k, shape, jnp.uint16),
+             lambda k: jax.random.normal(k, shape), lambda k: jax.random.uniform(k, shape),
+             lambda k: layers.keep_mask(k, 0.95, shape), lambda k: jax.random.normal(jax.random.split(k)[1], shape),
+             lambda k: jax.random.bits(jax.random.fold_in(k, 7), shape, jnp.uint32)]
+    for draw in draws:
+        a, b = np.asarray(jax.jit(draw)(key)), np.asarray(jax.jit(draw)(fast))
+        assert a.shape == b.shape and np.array_equal(a, b)
+    assert np.unique(np.asarray(jax.random.bits(fast, shape, jnp.uint32))).size > 0.99 * np.prod(shape)
+    rbg = jax.random.key(0, impl="rbg")
+    assert layers.unrolled_threefry(rbg) is rbg  # other generators are left alone
+
+
+def test_a_train_step_draws_its_dropout_and_noise_from_the_unrolled_threefry(monkeypatch):
+    """The step's masks and noise use the unrolled generator, and the result equals the rolled one's."""
+    config = config_lib.load_config(None, ["model.name=multilayer", "model.kernel_len=3", "model.latent_len=8",
+                                           "data.window_len=16", "model.hidden_len=4", "model.hidden_dropout=0.2",
+                                           "model.input_dropout=0.1", "model.latent_noise_std=0.3",
+                                           "train.batch_size=4", "model.conv_impl=cpu"])
+    tokens = jax.random.randint(jax.random.key(2), (4, 16), 0, 4).astype(jnp.int8)
+    batch = {"tokens": tokens, "weights": jnp.ones((4,), jnp.float32)}
+    hparams = {"input_dropout": jnp.float32(0.1), "latent_noise_std": jnp.float32(0.3)}
+    seen = []
+    real = layers.unrolled_threefry
+    monkeypatch.setattr(layers, "unrolled_threefry", lambda k: seen.append(1) or real(k))
+    fast, _ = jax.jit(lambda *a: steps.train_step(*a))(steps.create_train_state(config), batch, jax.random.key(5),
+                                                      hparams)
+    assert seen
+    monkeypatch.setattr(layers, "unrolled_threefry", lambda k: seen.clear() or k)
+    rolled, _ = jax.jit(lambda *a: steps.train_step(*a))(steps.create_train_state(config), batch, jax.random.key(5),
+                                                        hparams)  # a new function: traced again, rolled
+    assert not seen
+    for a, b in zip(jax.tree.leaves(fast.params), jax.tree.leaves(rolled.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
