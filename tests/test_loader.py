@@ -332,6 +332,41 @@ def test_close_stops_the_daemon_thread_and_next_raises():
         next(loader)
 
 
+def test_prefetch_hands_over_chunks_and_a_failure_after_the_batches_made_before_it(monkeypatch):
+    """Small batches travel in chunks (one queue hand-off per chunk); batches, resumption and errors are
+    those of one batch at a time."""
+    from jaxseq import loader as loader_lib
+
+    genome = random_genome({"a": 3000})
+    kwargs = dict(window_len=32, batch_size=8, seed=4, augment=ALL_AUGMENT)
+    with TrainLoader(genome, whole(genome), prefetch=0, **kwargs) as plain:
+        expected = [next(plain)["tokens"] for _ in range(40)]
+    with TrainLoader(genome, whole(genome), prefetch=2, **kwargs) as chunked:
+        assert chunked._chunk == loader_lib._MAX_CHUNK  # 2,048 // 8 rows, capped
+        got = [next(chunked)["tokens"] for _ in range(13)]
+        state = chunked.state_dict()
+        assert state["batch_index"] == 13 and len(chunked._ready) == chunked._chunk - 13
+    with TrainLoader(genome, whole(genome), prefetch=2, **kwargs) as resumed:
+        resumed.load_state_dict(state)
+        got += [next(resumed)["tokens"] for _ in range(27)]
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    real_make = loader_lib._BatchSource.make
+
+    def make(self, index):
+        if index == 5:
+            raise OSError("disk read failed")
+        return real_make(self, index)
+
+    monkeypatch.setattr(loader_lib._BatchSource, "make", make)
+    with TrainLoader(genome, whole(genome), prefetch=2, **kwargs) as failing:
+        for i in range(5):
+            np.testing.assert_array_equal(next(failing)["tokens"], expected[i])
+        with pytest.raises(OSError, match="disk read failed"):
+            next(failing)
+
+
 def test_unfinished_loader_does_not_hang_interpreter_exit():
     code = (
         "import numpy as np\n"
