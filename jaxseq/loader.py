@@ -115,15 +115,9 @@ class TrainLoader:
         if self._prefetch < 0:
             raise LoaderError(f"prefetch must be >= 0, got {prefetch}")
 
-        names = list(tokens)
-        spans = windows.resolve_intervals(tokens, intervals)
-        max_n = windows.max_n_count(self._max_n_fraction, self._window_len)
-        table = windows.train_table(tokens, names, spans, self._window_len, self._stride or 1, max_n)
-        if table.total == 0:
-            raise LoaderError(windows.no_window_message(tokens, names, spans, self._window_len, self._max_n_fraction))
         self._source = _BatchSource(
-            windows.record_views(tokens, names, self._window_len),
-            table,
+            tokens,
+            self._train_table(tokens, intervals),
             window_len=self._window_len,
             batch_size=self._batch_size,
             rows=self._rows,
@@ -141,14 +135,21 @@ class TrainLoader:
             "data": windows.fingerprint(tokens, intervals),
         }
         self._index = 0
-        # The thread hands over chunks of consecutive batches: one queue hand-off (a GIL round trip) per chunk
-        # instead of per batch, ~2x the batches/s for small batches (experiments/RESULTS.md, section G).
-        self._chunk = max(1, min(_MAX_CHUNK, _CHUNK_ROWS // (self._rows[1] - self._rows[0])))
         self._ready: collections.deque = collections.deque()  # batches of the current chunk, not yet returned
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
         self._queue: queue.Queue | None = None
         self._closed = False
+
+    def _train_table(self, tokens: Mapping[str, np.ndarray], intervals: Sequence[Interval]) -> windows.WindowTable:
+        """The drawable windows (one chunked N scan over the intervals); raises if there is none."""
+        names = list(tokens)
+        spans = windows.resolve_intervals(tokens, intervals)
+        max_n = windows.max_n_count(self._max_n_fraction, self._window_len)
+        table = windows.train_table(tokens, names, spans, self._window_len, self._stride or 1, max_n)
+        if table.total == 0:
+            raise LoaderError(windows.no_window_message(tokens, names, spans, self._window_len, self._max_n_fraction))
+        return table
 
     @property
     def num_windows(self) -> int:
@@ -243,10 +244,10 @@ class TrainLoader:
 
     def _start_thread(self) -> None:
         self._stop = threading.Event()
-        self._queue = queue.Queue(maxsize=max(1, -(-self._prefetch // self._chunk)))
+        self._queue = queue.Queue(maxsize=max(1, -(-self._prefetch // self._source.chunk)))
         self._thread = threading.Thread(
             target=_produce,
-            args=(self._source, self._index, self._chunk, self._stop, self._queue),
+            args=(self._source, self._index, self._stop, self._queue),
             name="jaxseq-loader",
             daemon=True,  # never keeps the interpreter alive
         )
@@ -348,9 +349,12 @@ def count_eval_windows(
 class _BatchSource:
     """Immutable recipe for batch ``i``; shared read-only with the prefetch thread."""
 
-    def __init__(self, views, table: windows.WindowTable, *, window_len, batch_size, rows, seed, augment, strided):
-        self.views = views
+    def __init__(self, tokens, table: windows.WindowTable, *, window_len, batch_size, rows, seed, augment, strided):
+        self.views = windows.record_views(tokens, list(tokens), window_len)
         self.table = table
+        # The prefetch thread hands over chunks of consecutive batches: one queue hand-off (a GIL round trip) per
+        # chunk instead of per batch, ~2x the batches/s for small batches (experiments/RESULTS.md, section G).
+        self.chunk = max(1, min(_MAX_CHUNK, _CHUNK_ROWS // (rows[1] - rows[0])))
         self.window_len = window_len
         self.batch_size = batch_size
         self.rows = rows
@@ -376,8 +380,8 @@ class _BatchSource:
         return {"tokens": batch.view(np.int8), "weights": np.ones(hi - lo, dtype=np.float32)}
 
 
-def _produce(source: _BatchSource, index: int, chunk: int, stop: threading.Event, out: queue.Queue) -> None:
-    """Puts ``(first index, [batches])`` of ``chunk`` consecutive batches, then ``(None, error)`` if making one fails."""
+def _produce(source: _BatchSource, index: int, stop: threading.Event, out: queue.Queue) -> None:
+    """Puts ``(first index, [batches])`` of ``source.chunk`` consecutive batches, then ``(None, error)`` if one fails."""
     def put(item) -> None:
         while not stop.is_set():
             try:
@@ -390,10 +394,10 @@ def _produce(source: _BatchSource, index: int, chunk: int, stop: threading.Event
     try:
         while not stop.is_set():
             batches = []
-            for j in range(chunk):
+            for j in range(source.chunk):
                 batches.append(source.make(index + j))
             put((index, batches))
-            index += chunk
+            index += source.chunk
     except BaseException as error:  # handed to the consumer after the batches made before it
         if batches:
             put((index, batches))

@@ -103,9 +103,10 @@ class _Loop:
         if self.step >= t.num_steps:
             return
         histogram = t.histogram_every > 0 and (self.step // t.histogram_every + 1) * t.histogram_every <= t.num_steps
-        state, batch = parallel.abstract(self.state), {  # the state is donated by the first call: shapes only
-            "tokens": np.zeros((self.t.batch_size // jax.process_count(), self.config.data.window_len), np.int8),
-            "weights": np.zeros((self.t.batch_size // jax.process_count(),), np.float32)}
+        rows = t.batch_size // jax.process_count()
+        state = parallel.abstract(self.state)  # the state is donated by the first call: shapes only
+        batch = {"tokens": np.zeros((rows, self.config.data.window_len), np.int8),
+                 "weights": np.zeros((rows,), np.float32)}
         variables = {"params": state.params, "batch_stats": state.batch_stats}
 
         def work():

@@ -342,10 +342,10 @@ def test_prefetch_hands_over_chunks_and_a_failure_after_the_batches_made_before_
     with TrainLoader(genome, whole(genome), prefetch=0, **kwargs) as plain:
         expected = [next(plain)["tokens"] for _ in range(40)]
     with TrainLoader(genome, whole(genome), prefetch=2, **kwargs) as chunked:
-        assert chunked._chunk == loader_lib._MAX_CHUNK  # 2,048 // 8 rows, capped
+        assert chunked._source.chunk == loader_lib._MAX_CHUNK  # 2,048 // 8 rows, capped
         got = [next(chunked)["tokens"] for _ in range(13)]
         state = chunked.state_dict()
-        assert state["batch_index"] == 13 and len(chunked._ready) == chunked._chunk - 13
+        assert state["batch_index"] == 13 and len(chunked._ready) == chunked._source.chunk - 13
     with TrainLoader(genome, whole(genome), prefetch=2, **kwargs) as resumed:
         resumed.load_state_dict(state)
         got += [next(resumed)["tokens"] for _ in range(27)]
