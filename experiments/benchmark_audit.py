@@ -1,4 +1,4 @@
-"""Benchmarks the leak audit (jaxseq.audit): wall time, peak memory and the shared fractions it finds.
+"""Benchmarks the leak audit (jaxseq.shared_kmers): wall time, peak memory and the shared fractions it finds.
 
 Cases (each in a fresh subprocess, so peak memory does not mix; the table and JSON hold all):
 
@@ -8,7 +8,7 @@ Cases (each in a fresh subprocess, so peak memory does not mix; the table and JS
   copied elsewhere (half reverse-complemented, 5 kb pieces) and a few N runs, stored as a uint8 file
   and memory-mapped like the token cache, split the same way.
 
-Measured per case: wall and CPU seconds of :func:`jaxseq.audit.audit_splits` (the genome already
+Measured per case: wall and CPU seconds of :func:`jaxseq.shared_kmers.audit_splits` (the genome already
 opened; CPU time is the fairer figure on a shared machine),
 ``VmRSS`` before it and ``VmHWM`` (peak resident memory of the process) after it, both in MB; the
 memory-mapped genome's pages count in both. The audit runs with the default ``max_kmers_per_pass``
@@ -64,7 +64,7 @@ def synthetic_genome(folder: Path, megabases: int, seed: int = 0) -> np.ndarray:
 
 def run_case(name: str, k: int, megabases: int) -> dict:
     """Opens one genome, audits it, returns the measurements (runs inside the subprocess)."""
-    from jaxseq import audit
+    from jaxseq import shared_kmers
     from jaxseq.config import load_config
     from jaxseq.splits import compute_splits
 
@@ -79,7 +79,7 @@ def run_case(name: str, k: int, megabases: int) -> dict:
                                 proportions=tuple(d.proportions), seed=d.split_seed)
         rss_before = _status_mb("VmRSS")
         start, cpu_start = time.perf_counter(), time.process_time()
-        report = audit.audit_splits(tokens, splits, k=k, window_len=d.window_len, top=3)
+        report = shared_kmers.audit_splits(tokens, splits, k=k, window_len=d.window_len, top=3)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         peak = _status_mb("VmHWM")
     bases = sum(len(t) for t in tokens.values())

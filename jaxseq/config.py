@@ -54,7 +54,7 @@ class DataConfig:
     exclude: str = ""  # BED file: no window touches these intervals (a blacklist)
     aliases: str = ""  # record aliases: two columns (name in FASTA, alias) or an NCBI assembly report
     # Leak removal by content: "drop_train" / "drop_eval" cut out of train / valid+test every stretch
-    # covered by a canonical k-mer (k = dedup_k) found across the train/eval boundary (jaxseq.audit).
+    # covered by a canonical k-mer (k = dedup_k) found across the train/eval boundary (jaxseq.shared_kmers).
     dedup: str = "none"
     dedup_k: int = splits.DEFAULT_K
 

@@ -25,22 +25,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from jaxseq import regions as regions_lib
 
-if TYPE_CHECKING:  # annotations only: splits sits below config and genome in no import chain
-    from jaxseq.config import DataConfig
-    from jaxseq.genome import Genome
-
 #: Split names, in the order of ``proportions``.
 SPLITS = ("train", "valid", "test")
 STRATEGIES = ("records", "blocks")
 #: ``data.dedup``: cut the k-mers shared across the train/eval boundary out of train or out of valid and test
-#: (carried out by :func:`jaxseq.audit.dedup_splits`; the names live here, below config, beside the other split
-#: settings).
+#: (carried out by :func:`jaxseq.shared_kmers.dedup_splits`; the names live here, below config, beside the
+#: other split settings).
 DEDUP_MODES = ("none", "drop_train", "drop_eval")
 #: ``data.dedup_k`` and the audit's ``--k``: k-mers are packed 2 bits per base in 64 bits.
 MAX_K = 32
@@ -308,7 +304,7 @@ def intersect_intervals(intervals: Sequence[Interval], kept: Sequence[tuple]) ->
     return out
 
 
-def split_genome(genome: "Genome", data: "DataConfig") -> dict[str, list[Interval]]:
+def split_genome(genome: Any, data: Any) -> dict[str, list[Interval]]:
     """The final train/valid/test intervals of a genome under a data config: what runs train and score on.
 
     Steps: aliases (``data.aliases``) -> record selection (``data.records``, names or globs) ->
@@ -318,7 +314,8 @@ def split_genome(genome: "Genome", data: "DataConfig") -> dict[str, list[Interva
 
     Args:
       genome: anything with ``sizes() -> dict[str, int]`` (:class:`jaxseq.genome.Genome`).
-      data: the ``data`` group of a config.
+      data: the ``data`` group of a config (:class:`jaxseq.config.DataConfig`; splits sits below config
+        and genome and imports neither).
 
     Returns:
       ``{"train": [...], "valid": [...], "test": [...]}`` of :class:`Interval`, disjoint across splits.
@@ -363,6 +360,9 @@ def _setting(key: str, read):
         raise regions_lib.RegionError(f"{key}: {e}") from None
 
 
-if __name__ == "__main__":
-    from jaxseq.audit import main
-    raise SystemExit(main())
+if __name__ == "__main__":  # the leak audit was ``python -m jaxseq.splits audit`` before it had its own command
+    import sys
+
+    print("error: the leak audit is its own command now: python -m jaxseq.audit [--config FILE | --run RUN] ...",
+          file=sys.stderr)
+    raise SystemExit(2)

@@ -48,13 +48,13 @@ def open_data(config: Config) -> Data:
 
     With ``data.dedup`` other than ``none``, the stretches covered by canonical k-mers (``data.dedup_k``)
     shared across the train/eval boundary are then cut out of train (``drop_train``) or valid and test
-    (``drop_eval``), so :func:`jaxseq.audit.audit_splits` of the result finds nothing shared.
+    (``drop_eval``), so :func:`jaxseq.shared_kmers.audit_splits` of the result finds nothing shared.
 
     Raises:
       GenomeError, SplitError, RegionError: bad FASTA, BED or alias file, or splits that cannot hold
         a window (also after deduplication); before any compute.
     """
-    from jaxseq import audit
+    from jaxseq import shared_kmers
     from jaxseq.genome import Genome, default_fasta
     from jaxseq.splits import SplitError, check_splits, split_genome
 
@@ -63,8 +63,8 @@ def open_data(config: Config) -> Data:
     genome = Genome.open(fasta, cache_dir=d.cache_dir or None)
     splits = split_genome(genome, d)
     if d.dedup != "none":
-        shared = audit.shared_intervals(genome.as_mapping(), splits, d.dedup_k)
-        splits = audit.dedup_splits(splits, shared, d.dedup)
+        shared = shared_kmers.shared_intervals(genome.as_mapping(), splits, d.dedup_k)
+        splits = shared_kmers.dedup_splits(splits, shared, d.dedup)
         try:
             check_splits(splits, d.window_len)
         except SplitError as err:

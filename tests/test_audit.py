@@ -1,11 +1,12 @@
-"""Tests for jaxseq.audit: exact shared k-mer counts on planted repeats, both strands, N, dedup, CLI."""
+"""Tests for jaxseq.shared_kmers and the jaxseq.audit command: exact shared k-mer counts on planted repeats,
+both strands, N, dedup, the accuracy by group, the CLI."""
 
 import json
 
 import numpy as np
 import pytest
 
-from jaxseq import audit
+from jaxseq import audit, shared_kmers, steps
 from jaxseq import tokens as tok
 from jaxseq.config import load_config
 from jaxseq.splits import Interval, compute_splits
@@ -65,7 +66,7 @@ def test_canonical_kmers_match_naive_packing_for_k_1_to_32():
     t = rng.integers(0, 4, 80).astype(np.uint8)
     t[40] = tok.N
     for k in (1, 2, 3, 7, 16, 31, 32):
-        canonical, forward, valid = audit.canonical_kmers(t, k)
+        canonical, forward, valid = shared_kmers.canonical_kmers(t, k)
         assert canonical.shape == forward.shape == valid.shape == (80 - k + 1,)
         for p in range(80 - k + 1):
             w = t[p:p + k].astype(np.uint64)
@@ -78,7 +79,7 @@ def test_canonical_kmers_match_naive_packing_for_k_1_to_32():
 
 def test_planted_repeats_give_exact_counts(planted):
     tokens, splits = planted
-    report = audit.audit_splits(tokens, splits, k=K, window_len=L, top=5)
+    report = shared_kmers.audit_splits(tokens, splits, k=K, window_len=L, top=5)
     valid, test = report["splits"]["valid"], report["splits"]["test"]
     # valid: forward repeat (25 k-mers, 40 bp) + repeat broken by an N (starts 1300-1304 and 1321-1324).
     assert (valid["windows"], valid["shared_windows"], valid["shared_kmers"]) == (7, 3, 25 + 9)
@@ -102,8 +103,8 @@ def test_planted_repeats_give_exact_counts(planted):
 
 def test_hash_passes_and_chunks_do_not_change_the_answer(planted):
     tokens, splits = planted
-    whole = audit.audit_splits(tokens, splits, k=K, window_len=L)
-    parts = audit.audit_splits(tokens, splits, k=K, window_len=L, max_kmers_per_pass=300, chunk=97)
+    whole = shared_kmers.audit_splits(tokens, splits, k=K, window_len=L)
+    parts = shared_kmers.audit_splits(tokens, splits, k=K, window_len=L, max_kmers_per_pass=300, chunk=97)
     assert parts == whole
 
 
@@ -114,7 +115,7 @@ def test_marks_equal_brute_force_on_block_splits():
     tokens["b"][100:160] = _revcomp(tokens["a"][50:110])
     splits = compute_splits({n: len(t) for n, t in tokens.items()}, block_len=250, seed=1)
     expected = _brute_force_marks(tokens, splits, 10)
-    marks = audit.shared_kmer_marks(tokens, splits, 10, max_kmers_per_pass=500, chunk=333)
+    marks = shared_kmers.shared_kmer_marks(tokens, splits, 10, max_kmers_per_pass=500, chunk=333)
     for name in tokens:
         np.testing.assert_array_equal(marks[name], expected[name])
     assert sum(m.sum() for m in marks.values()) > 0
@@ -123,10 +124,10 @@ def test_marks_equal_brute_force_on_block_splits():
 @pytest.mark.parametrize("mode", ["drop_train", "drop_eval"])
 def test_subtracting_shared_intervals_leaves_nothing_shared(planted, mode):
     tokens, splits = planted
-    shared = audit.shared_intervals(tokens, splits, K)
+    shared = shared_kmers.shared_intervals(tokens, splits, K)
     assert shared["valid"] == [Interval("chr1", 1100, 1140), Interval("chr1", 1300, 1320), Interval("chr1", 1321, 1340)]
-    deduped = audit.dedup_splits(splits, shared, mode)
-    report = audit.audit_splits(tokens, deduped, k=K, window_len=L)
+    deduped = shared_kmers.dedup_splits(splits, shared, mode)
+    report = shared_kmers.audit_splits(tokens, deduped, k=K, window_len=L)
     assert [s["shared_kmers"] for s in report["splits"].values()] == [0, 0]
     assert report["train"]["shared_bases"] == 0
     removed = {"drop_train": ("train",), "drop_eval": ("valid", "test")}[mode]
@@ -137,8 +138,8 @@ def test_subtracting_shared_intervals_leaves_nothing_shared(planted, mode):
 
 
 def test_unknown_dedup_mode_is_refused():
-    with pytest.raises(audit.AuditError, match="data.dedup"):
-        audit.dedup_splits({"train": [Interval("a", 0, 100)]}, {}, "drop_all")
+    with pytest.raises(shared_kmers.AuditError, match="data.dedup"):
+        shared_kmers.dedup_splits({"train": [Interval("a", 0, 100)]}, {}, "drop_all")
 
 
 @pytest.fixture(scope="module")
@@ -159,16 +160,14 @@ def planted_fasta(tmp_path_factory):
 
 
 def _audit_config(overrides, k=20):
-    from jaxseq import steps
-
     data = steps.open_data(load_config(None, overrides))
-    return data, audit.audit_splits(data.genome.as_mapping(), data.splits, k=k, window_len=64)
+    return data, shared_kmers.audit_splits(data.genome.as_mapping(), data.splits, k=k, window_len=64)
 
 
 @pytest.mark.parametrize("mode", ["drop_train", "drop_eval"])
 def test_dedup_config_audits_to_zero_shared(planted_fasta, mode):
     data, before = _audit_config(planted_fasta + ["data.dedup_k=20"])
-    assert data.splits == audit.dedup_splits(data.splits, {}, "none")  # dedup off: the splits as computed
+    assert data.splits == shared_kmers.dedup_splits(data.splits, {}, "none")  # dedup off: the splits as computed
     shared_before = sum(s["shared_kmers"] for s in before["splits"].values())
     # Both planted copies straddle the boundary with split_seed 0: all their k-mers are shared, nothing else.
     assert shared_before == (200 - 20 + 1) + (150 - 20 + 1)
@@ -184,11 +183,9 @@ def test_dedup_config_audits_to_zero_shared(planted_fasta, mode):
 
 
 def test_drop_train_windows_never_hold_a_shared_kmer(planted_fasta):
-    from jaxseq import steps
-
     overrides = planted_fasta + ["data.dedup_k=20"]
     plain = steps.open_data(load_config(None, overrides))
-    marks = audit.shared_kmer_marks(plain.genome.as_mapping(), plain.splits, 20)
+    marks = shared_kmers.shared_kmer_marks(plain.genome.as_mapping(), plain.splits, 20)
     config = load_config(None, overrides + ["data.dedup=drop_train", "data.augment=[identity]", "train.batch_size=64"])
     data = steps.open_data(config)
     # A forward train k-mer occurs in valid/test iff its start is marked; augmentation is off so windows are forward.
@@ -221,15 +218,15 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "out" / "audit.json"
     sets = ["--set", f"data.fasta={fasta}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
             "--set", "data.block_len=500"]
-    assert audit.main(["audit", *sets, "--k", "20", "--json", str(out)]) == 0
+    assert audit.main([*sets, "--k", "20", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["k"] == 20 and report["window_len"] == 64
     assert set(report["splits"]) == {"valid", "test"}
     assert "largest shared regions" in printed and "k=20" in printed
     # The same genome and config, audited in-process, gives the same report.
-    tokens, splits = audit.open_config_splits(load_config(None, [s for s in sets if s != "--set"]))
-    assert audit.audit_splits(tokens, splits, k=20, window_len=64) == report
+    data = steps.open_data(load_config(None, [s for s in sets if s != "--set"]))
+    assert shared_kmers.audit_splits(data.genome.as_mapping(), data.splits, k=20, window_len=64) == report
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -241,30 +238,29 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     (["--run", "/nonexistent-run"], "--run audits the run's own config; drop --config/--set"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
-    code = audit.main(["audit", "--set", f"data.cache_dir={tmp_path}", *argv])
+    code = audit.main(["--set", f"data.cache_dir={tmp_path}", *argv])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
 def test_cli_missing_run_is_one_line(tmp_path, capsys):
-    code = audit.main(["audit", "--run", str(tmp_path / "no-run")])
+    code = audit.main(["--run", str(tmp_path / "no-run")])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and "no-run" in err and "does not exist" in err and err.count("\n") == 1
 
 
 def test_accuracy_by_shared_splits_the_test_windows_exactly(planted_fasta):
-    from jaxseq import steps
     from jaxseq.trained import TrainedModel
 
     config = load_config(None, planted_fasta + ["model.name=autoencoder", "model.kernel_len=3", "model.latent_len=2",
                                                 "train.batch_size=8"])
     data = steps.open_data(config)
-    marks = audit.shared_kmer_marks(data.genome.as_mapping(), data.splits, 20)
+    marks = shared_kmers.shared_kmer_marks(data.genome.as_mapping(), data.splits, 20)
     # Test is [500, 1000): tiles start at 500, 564, ..., 884; the reverse-complement copy [600, 750) has
     # whole 20-mers in the tiles at 564, 628 and 692.
-    assert audit.windows_by_shared(marks, data.splits["test"], 20, 64) == {
+    assert shared_kmers.windows_by_shared(marks, data.splits["test"], 20, 64) == {
         "shared": [Interval("g", 564, 756)], "clean": [Interval("g", 500, 564), Interval("g", 756, 948)]}
     model = TrainedModel.from_config(config, seed=0)
     got = audit.accuracy_by_shared(model, "test", k=20)
@@ -276,3 +272,20 @@ def test_accuracy_by_shared_splits_the_test_windows_exactly(planted_fasta):
     assert got["difference"] == pytest.approx(got["clean"]["accuracy"] - got["shared"]["accuracy"])
     with pytest.raises(audit.AuditError, match="split must be one of valid, test"):
         audit.accuracy_by_shared(model, "train", k=20)
+
+
+def test_cli_run_adds_the_runs_accuracy_by_group(tiny_run, tmp_path, capsys):
+    out = tmp_path / "audit.json"
+    assert audit.main(["--run", str(tiny_run), "--k", "12", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    accuracy = report["accuracy"]
+    assert report["run"] == str(tiny_run) and accuracy["split"] == "test" and accuracy["k"] == 12
+    # Every test window lands in exactly one group, and the groups' counts are the audit's own (lambda
+    # phage at k = 12: a few test windows share a 12-mer with train, most do not).
+    test = report["splits"]["test"]
+    assert 0 < accuracy["shared"]["windows"] == test["shared_windows"] < test["windows"]
+    assert accuracy["shared"]["windows"] + accuracy["clean"]["windows"] == test["windows"]
+    assert accuracy["difference"] == pytest.approx(accuracy["clean"]["accuracy"] - accuracy["shared"]["accuracy"])
+    assert f"test accuracy of run {tiny_run} by windows holding a shared k-mer" in printed
+    assert "largest shared regions" in printed and "clean - shared accuracy" in printed
