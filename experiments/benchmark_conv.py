@@ -51,7 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--torch-threads", default="1,2")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output path")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.kernel % 2 == 0:
+        parser.error("--kernel must be odd (PyTorch's padding is the same on both sides)")
+    return args
 
 
 def shapes(args) -> list[tuple[int, int]]:

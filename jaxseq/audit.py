@@ -29,7 +29,8 @@ from jaxseq.splits import DEFAULT_K, MAX_K, SplitError
 from jaxseq.trained import load_run
 
 
-def accuracy_by_shared(model, split: str = "test", k: int = DEFAULT_K) -> dict:
+def accuracy_by_shared(model, split: str = "test", k: int = DEFAULT_K, *, data: steps.Data | None = None,
+                       marks: Mapping | None = None) -> dict:
     """Test accuracy of a trained model on the windows that share a k-mer with train vs those that do not.
 
     The split's windows (the evaluation tiling of the run's own config) are grouped by the audit's
@@ -39,6 +40,8 @@ def accuracy_by_shared(model, split: str = "test", k: int = DEFAULT_K) -> dict:
       model: a :class:`jaxseq.TrainedModel` (``jaxseq.load_run(run_dir)``).
       split: ``valid`` or ``test``.
       k: k-mer length, ``1 <= k <= min(32, window_len)``.
+      data: ``jaxseq.steps.open_data(model.config)`` if already opened.
+      marks: :func:`jaxseq.shared_kmers.shared_kmer_marks` of that data at ``k`` if already computed.
 
     Returns:
       ``{"split", "k", "shared": {...}, "clean": {...}}``, each group with ``windows``, ``accuracy``,
@@ -49,8 +52,9 @@ def accuracy_by_shared(model, split: str = "test", k: int = DEFAULT_K) -> dict:
     check_k(k, window_len)
     if split not in EVAL_SPLITS:
         raise AuditError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
-    data = steps.open_data(model.config)
-    marks = shared_kmers.shared_kmer_marks(data.genome.as_mapping(), data.splits, k)
+    data = data if data is not None else steps.open_data(model.config)
+    if marks is None:
+        marks = shared_kmers.shared_kmer_marks(data.genome.as_mapping(), data.splits, k)
     mesh = model.mesh if model.mesh is not None else parallel.create_mesh(1)
     out: dict = {"split": split, "k": k}
     groups = shared_kmers.windows_by_shared(marks, data.splits[split], k, window_len)
@@ -116,11 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = model.config if model is not None else load_config(args.config, args.overrides)
         check_k(args.k, config.data.window_len)
         data = steps.open_data(config)
-        report = shared_kmers.audit_splits(data.genome.as_mapping(), data.splits, k=args.k,
-                                           window_len=config.data.window_len, top=args.top, bins=args.bins,
-                                           max_kmers_per_pass=args.max_kmers_per_pass)
+        tokens = data.genome.as_mapping()
+        # The marks are the expensive part: computed once, under --max-kmers-per-pass, for both reports.
+        marks = shared_kmers.shared_kmer_marks(tokens, data.splits, args.k, max_kmers_per_pass=args.max_kmers_per_pass)
+        report = shared_kmers.audit_splits(tokens, data.splits, k=args.k, window_len=config.data.window_len,
+                                           top=args.top, bins=args.bins, marks=marks)
         if model is not None:
-            report["run"], report["accuracy"] = str(args.run), accuracy_by_shared(model, "test", args.k)
+            report["run"] = str(args.run)
+            report["accuracy"] = accuracy_by_shared(model, "test", args.k, data=data, marks=marks)
         print(format_report(report))
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -369,7 +369,8 @@ def _locate(tokens: Mapping[str, np.ndarray], train: Sequence[Interval], regions
 
 def audit_splits(tokens: Mapping[str, np.ndarray], splits: Mapping[str, Sequence[Interval]], *, k: int = DEFAULT_K,
                  window_len: int, top: int = 10, bins: int = 10,
-                 max_kmers_per_pass: int = DEFAULT_MAX_KMERS_PER_PASS, chunk: int = CHUNK) -> dict:
+                 max_kmers_per_pass: int = DEFAULT_MAX_KMERS_PER_PASS, chunk: int = CHUNK,
+                 marks: Mapping[str, np.ndarray] | None = None) -> dict:
     """Audits valid and test against train for shared canonical k-mers.
 
     Args:
@@ -381,6 +382,8 @@ def audit_splits(tokens: Mapping[str, np.ndarray], splits: Mapping[str, Sequence
       bins: histogram bins over the shared-k-mer fraction per window, ``[0, 1]``.
       max_kmers_per_pass: see :func:`shared_kmer_marks`.
       chunk: bases read per step.
+      marks: :func:`shared_kmer_marks` of these tokens, splits and ``k`` if already computed (the
+        expensive part; computed here otherwise).
 
     Returns:
       a JSON-ready dict: ``k``, ``window_len``, ``histogram_edges``; ``splits``: per split (valid, test)
@@ -392,7 +395,8 @@ def audit_splits(tokens: Mapping[str, np.ndarray], splits: Mapping[str, Sequence
       matching train k-mer).
     """
     check_k(k, window_len)
-    marks = shared_kmer_marks(tokens, splits, k, max_kmers_per_pass=max_kmers_per_pass, chunk=chunk)
+    if marks is None:
+        marks = shared_kmer_marks(tokens, splits, k, max_kmers_per_pass=max_kmers_per_pass, chunk=chunk)
     edges = np.linspace(0.0, 1.0, bins + 1)
     report = dict(k=k, window_len=window_len, histogram_edges=edges.tolist(), splits={}, regions=[])
     regions = []

@@ -106,6 +106,9 @@ def test_hash_passes_and_chunks_do_not_change_the_answer(planted):
     whole = shared_kmers.audit_splits(tokens, splits, k=K, window_len=L)
     parts = shared_kmers.audit_splits(tokens, splits, k=K, window_len=L, max_kmers_per_pass=300, chunk=97)
     assert parts == whole
+    # Marks computed beforehand (as the command does, once for the audit and the accuracy) give the same report.
+    marks = shared_kmers.shared_kmer_marks(tokens, splits, K)
+    assert shared_kmers.audit_splits(tokens, splits, k=K, window_len=L, marks=marks) == whole
 
 
 def test_marks_equal_brute_force_on_block_splits():
